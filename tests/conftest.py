@@ -48,7 +48,8 @@ def load_hf(path: Path):
     import transformers
     model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
         path, torch_dtype=torch.float32, attn_implementation="eager").eval()
-    processor = transformers.AutoProcessor.from_pretrained(path, use_fast=False)
+    # the slow image processor is the default here; use_fast=False would also ask for a slow tokenizer
+    processor = transformers.AutoProcessor.from_pretrained(path)
     return model, processor
 
 

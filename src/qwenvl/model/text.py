@@ -1,0 +1,142 @@
+"""The Qwen2.5 decoder with MRoPE. Reference: transformers 4.51.3 Qwen2_5_VLModel.
+
+Shapes: B batch, L new tokens, S keys (cached + new), Hq query heads, Hkv key/value heads (GQA),
+D head dim. Positions [3, B, L] (time, height, width) come from the caller; the model keeps no
+position state. Attention masks are boolean, True = may attend, [B, 1, L, S].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TextConfig
+from .layers import RMSNorm, SwiGLU, apply_rope
+from .rope import mrope_cos_sin
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: [layers, B, Hkv, S_max, D] each.
+
+    `lengths[b]` counts the filled slots of row b. Rows are independent: a row can be prefilled on its own
+    and joined to a running batch (continuous batching), and rows of different lengths decode together."""
+
+    def __init__(self, cfg: TextConfig, batch_size: int, max_len: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu"):
+        shape = (cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.max_len = max_len
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None, start: torch.Tensor):
+        """Store k/v [B', Hkv, L, D] for `rows` (None = all) at positions start[b] .. start[b] + L."""
+        L = k.shape[2]
+        if rows is None and L > 1 and bool((start == start[0]).all()):
+            s = int(start[0])
+            self.k[layer, :, :, s:s + L] = k
+            self.v[layer, :, :, s:s + L] = v
+            return
+        rows = torch.arange(self.batch_size, device=k.device) if rows is None else rows
+        pos = start.view(-1, 1) + torch.arange(L, device=k.device)  # [B', L]
+        r = rows.view(-1, 1).expand_as(pos)
+        # index_put on [B, S, Hkv, D] views: rows and positions select, heads and dims are copied whole.
+        self.k[layer].transpose(1, 2).index_put_((r, pos), k.transpose(1, 2))
+        self.v[layer].transpose(1, 2).index_put_((r, pos), v.transpose(1, 2))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, rows, start):
+        B, L, _ = x.shape
+        q = self.q_proj(x).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            cache.write(layer, k, v, rows, start)
+            S = mask.shape[-1]
+            idx = slice(None) if rows is None else rows
+            k, v = cache.k[layer, idx, :, :S], cache.v[layer, idx, :, :S]
+        if self.n_kv != self.n_heads:
+            rep = self.n_heads // self.n_kv
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(o.transpose(1, 2).reshape(B, L, -1))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=False, act=cfg.hidden_act)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, cache, layer, rows, start):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, rows, start)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class TextModel(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        D = cfg.head_dim
+        self.register_buffer("inv_freq", 1.0 / (cfg.rope_theta ** (torch.arange(0, D, 2, dtype=torch.float) / D)),
+                             persistent=False)
+
+    def forward(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """embeds [B, L, E], positions [3, B, L] -> hidden states [B, L, E] (after the final norm).
+
+        Without a cache, `mask` defaults to causal. With a cache, the new tokens of row b are written at
+        cache.lengths[b] onwards (`rows` selects which cache rows the B inputs belong to), `mask` must cover
+        the keys [0, S) and cache.lengths is advanced by L."""
+        B, L, _ = embeds.shape
+        cos, sin = mrope_cos_sin(positions, self.inv_freq, self.cfg.mrope_section, embeds.dtype)
+        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+        start = None
+        if cache is not None:
+            start = cache.lengths if rows is None else cache.lengths[rows]
+            if mask is None:
+                raise ValueError("a mask over the cached keys is required when decoding with a cache")
+        elif mask is None:
+            mask = torch.ones(L, L, dtype=torch.bool, device=embeds.device).tril()[None, None]
+        # Additive float mask with the dtype's minimum, as the reference builds it: a query row with nothing to
+        # attend to (left padding) then averages all values uniformly instead of producing NaN.
+        mask = torch.zeros(mask.shape, dtype=embeds.dtype, device=embeds.device).masked_fill_(
+            ~mask, torch.finfo(embeds.dtype).min)
+        x = embeds
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, i, rows, start)
+        if cache is not None:
+            if rows is None:
+                cache.lengths += L
+            else:
+                cache.lengths[rows] += L
+        return self.norm(x)
+
+
+def causal_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, S] 0/1 padding mask -> boolean [B, 1, S, S]: causal and never attending to padding."""
+    B, S = attention_mask.shape
+    keep = attention_mask.bool()
+    mask = torch.ones(S, S, dtype=torch.bool, device=keep.device).tril()[None] & keep[:, None, :]
+    return mask[:, None]
