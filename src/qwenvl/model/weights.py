@@ -104,7 +104,9 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
                 want = params[key].shape
                 if tuple(t.shape) != tuple(want):
                     raise ValueError(f"{name}: shape {tuple(t.shape)} does not match the config's {tuple(want)}")
-                state[key] = t.to(device=device, dtype=dtype)
+                # float16 overflows in the released vision tower (its last blocks exceed 65504): keep it in bf16
+                tdtype = torch.bfloat16 if dtype == torch.float16 and key.startswith("visual.") else dtype
+                state[key] = t.to(device=device, dtype=tdtype)
     if unexpected:
         raise ValueError(f"{path}: unexpected tensors not in a Qwen2.5-VL model: " + ", ".join(sorted(unexpected)[:10])
                          + (" ..." if len(unexpected) > 10 else ""))
