@@ -1,0 +1,76 @@
+"""`qwenvl eval run|score|list`: benchmark generation and scoring (qwenvl.eval)."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="run and score benchmarks", description="Benchmark evaluation with the "
+                       "official scoring rules; see docs/eval.md for tasks and annotation formats.")
+    evsub = p.add_subparsers(dest="eval_command", metavar="ACTION")
+
+    r = evsub.add_parser("run", help="generate answers (resumable) and score them")
+    r.add_argument("--task", required=True)
+    r.add_argument("--data", required=True, help="annotation file or directory, as released")
+    r.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    r.add_argument("--out", required=True, help="output directory (predictions.jsonl, scores.json)")
+    r.add_argument("--limit", type=int, help="only the first N samples")
+    r.add_argument("--max-new-tokens", type=int, help="default: the task's own")
+    r.add_argument("--max-pixels", type=int, help="per-image (per-frame) maximum pixels after resizing")
+    r.add_argument("--min-pixels", type=int, help="per-image minimum pixels after resizing")
+    r.add_argument("--fps", type=float, help="video sampling fps")
+    r.add_argument("--media-dir", help="root for relative image/video paths (default: beside --data)")
+    r.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=run_cmd)
+
+    s = evsub.add_parser("score", help="score a predictions.jsonl")
+    s.add_argument("--task", required=True)
+    s.add_argument("--predictions", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--media-dir", help="root for relative image paths (read for original image sizes when the "
+                   "annotations and predictions do not give them)")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=score_cmd)
+
+    ls = evsub.add_parser("list", help="list the tasks")
+    ls.set_defaults(func=list_cmd)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def run_cmd(args) -> int:
+    import qwenvl
+    from qwenvl.eval import MediaContext, format_table, get_task, run
+
+    task = get_task(args.task)   # fail on a bad name before loading a model
+    pipe = qwenvl.load(args.model, dtype=args.dtype, device=args.device)
+    ctx = MediaContext(max_pixels=args.max_pixels, min_pixels=args.min_pixels, fps=args.fps,
+                       media_dir=args.media_dir)
+    report = run(task, args.data, pipe, args.out, limit=args.limit, max_new_tokens=args.max_new_tokens, ctx=ctx,
+                 progress=not args.no_progress)
+    print(format_table(report))
+    return 0
+
+
+def score_cmd(args) -> int:
+    from pathlib import Path
+
+    from qwenvl.eval import format_table, get_task, read_jsonl, score
+
+    task = get_task(args.task)
+    if not Path(args.predictions).exists():
+        raise FileNotFoundError(f"{args.predictions}: no such predictions file")
+    report = score(task, task.load(args.data, args.media_dir), read_jsonl(args.predictions))
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_table(report))
+    return 0
+
+
+def list_cmd(args) -> int:
+    from qwenvl.eval import get_task, task_names
+
+    for name in task_names():
+        t = get_task(name)
+        print(f"{name:<22} {', '.join(t.metrics)}")
+    return 0

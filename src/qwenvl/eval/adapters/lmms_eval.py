@@ -1,0 +1,100 @@
+"""lmms-eval model adapter: `generate_until` for both request layouts lmms-eval builds.
+
+simple tasks: req.args = (context, gen_kwargs, doc_to_visual, doc_id, task, split); the document comes
+              from self.task_dict[task][split][doc_id], and doc_to_visual(doc) gives PIL images and/or
+              video paths (placed before the text, as lmms-eval's own Qwen2.5-VL adapter does).
+chat tasks:   req.args = (context, doc_to_messages, gen_kwargs, doc_id, task, split); doc_to_messages(doc)
+              gives OpenAI-style messages with {"type": "image"|"video", "url": ...} items.
+
+    from qwenvl.eval.adapters.lmms_eval import register
+    register()   # then: --model qwenvl --model_args pretrained=/path,max_pixels=1605632
+"""
+
+from __future__ import annotations
+
+from ._messages import PipeHolder, cut_at_stops
+
+
+class QwenVLForLmmsEval:
+    is_simple = True
+
+    def __init__(self, pretrained=None, pipe=None, dtype="bfloat16", device="cuda", max_pixels=None,
+                 min_pixels=None, fps=None, max_new_tokens=128, **unused):
+        try:
+            super().__init__()      # lmms.__init__ (task_dict, rank, cache hook) when registered
+        except TypeError:
+            pass
+        if not hasattr(self, "task_dict"):
+            self.task_dict = {}
+        self.gen = PipeHolder(pretrained, pipe=pipe, dtype=dtype, device=device, max_pixels=max_pixels,
+                              min_pixels=min_pixels, fps=fps, max_new_tokens=max_new_tokens)
+
+    # lmms-eval's `--model_args k=v,k=v` path
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        kwargs = dict(kv.split("=", 1) for kv in arg_string.split(",") if "=" in kv)
+        kwargs.update({k: v for k, v in (additional_config or {}).items() if v is not None})
+        return cls(**kwargs)
+
+    def _visual_item(self, v) -> dict:
+        is_video = isinstance(v, str) and v.lower().endswith((".mp4", ".avi", ".mov", ".mkv", ".webm"))
+        return self.gen.item("video" if is_video else "image", v)
+
+    def _simple_messages(self, context, doc_to_visual, doc_id, task, split) -> list[dict]:
+        visuals = []
+        if doc_to_visual is not None:
+            visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
+        content = [self._visual_item(v) for v in visuals]
+        content.append({"type": "text", "text": context.replace("<image>", "").strip()})
+        return [{"role": "user", "content": content}]
+
+    def _chat_messages(self, doc_to_messages, doc_id, task, split) -> list[dict]:
+        raw = doc_to_messages(self.task_dict[task][split][doc_id])
+        raw = raw.messages if hasattr(raw, "messages") else raw   # a ChatMessages wrapper
+        out = []
+        for m in raw:
+            m = m.model_dump() if hasattr(m, "model_dump") else dict(m)
+            content = m.get("content")
+            if isinstance(content, str):
+                out.append({"role": m["role"], "content": content})
+                continue
+            items = []
+            for c in content:
+                c = c.model_dump() if hasattr(c, "model_dump") else dict(c)
+                kind = c.get("type")
+                if kind in ("image", "video"):
+                    items.append(self.gen.item(kind, c.get("url", c.get(kind))))
+                elif kind == "text":
+                    items.append({"type": "text", "text": c["text"]})
+            out.append({"role": m["role"], "content": items})
+        return out
+
+    def generate_until(self, requests) -> list[str]:
+        answers = []
+        for req in requests:
+            args = req.args if hasattr(req, "args") else req.arguments
+            if isinstance(args[1], dict):       # simple layout
+                context, gen_kwargs, doc_to_visual, doc_id, task, split = args
+                messages = self._simple_messages(context, doc_to_visual, doc_id, task, split)
+            else:                                # chat layout
+                context, doc_to_messages, gen_kwargs, doc_id, task, split = args
+                messages = self._chat_messages(doc_to_messages, doc_id, task, split)
+            gen_kwargs = dict(gen_kwargs or {})
+            text = self.gen.generate(messages, gen_kwargs.get("max_new_tokens"), gen_kwargs.get("temperature", 0))
+            answers.append(cut_at_stops(text, gen_kwargs.get("until")))
+        return answers
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("qwenvl adapter: loglikelihood is not supported (generation tasks only)")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("qwenvl adapter: multi-round generation is not supported")
+
+
+def register(name: str = "qwenvl"):
+    """Subclass lmms_eval's `lmms` base and register the adapter under `name`; returns the class."""
+    from lmms_eval.api.model import lmms
+    from lmms_eval.api.registry import register_model
+
+    cls = type("QwenVLLmmsEval", (QwenVLForLmmsEval, lmms), {})
+    return register_model(name)(cls)

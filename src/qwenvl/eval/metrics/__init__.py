@@ -1,0 +1,1 @@
+"""Metric functions, each following a named official scorer (see docs/eval.md)."""
