@@ -1,0 +1,43 @@
+"""`qwenvl chat` on a tiny checkpoint: --json, streaming, the interactive session and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+import qwenvl
+from qwenvl.cli.main import main
+
+
+def test_chat_json_matches_python_api(tiny_ckpt, tmp_path, capsys):
+    path = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(path)
+    rc = main(["chat", "--model", str(tiny_ckpt), "--dtype", "float32", "--image", str(path), "--json",
+               "--temperature", "0", "--max-new-tokens", "6", "What is it?"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"text", "token_ids", "prompt_tokens", "timings"}
+    pipe = qwenvl.load(tiny_ckpt)
+    ref = pipe.chat([{"role": "user", "content": [{"type": "image", "image": str(path)},
+                                                  {"type": "text", "text": "What is it?"}]}],
+                    max_new_tokens=6, temperature=0)
+    assert out["token_ids"] == ref.token_ids and out["text"] == ref.text
+    # streamed: the same text on stdout
+    assert main(["chat", "--model", str(tiny_ckpt), "--dtype", "float32", "--image", str(path),
+                 "--temperature", "0", "--max-new-tokens", "6", "What is it?"]) == 0
+    assert capsys.readouterr().out == ref.text + "\n"
+
+
+def test_interactive_session(tiny_ckpt, monkeypatch, capsys):
+    lines = iter(["hello", "and again", "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", "--model", str(tiny_ckpt), "--max-new-tokens", "3", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.count("\n") >= 2
+
+
+def test_missing_image_is_a_clear_error(tiny_ckpt, tmp_path, capsys):
+    rc = main(["chat", "--model", str(tiny_ckpt), "--image", str(tmp_path / "nope.png"), "hi"])
+    assert rc == 1
+    assert "nope.png" in capsys.readouterr().err
