@@ -1,0 +1,159 @@
+"""smart_resize worked examples, image sources, colour handling, fetch_image sizes and the patch layout."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qwenvl.processing import fetch_image, load_image, smart_resize
+from qwenvl.processing.image import MediaSettings, PatchSpec, patchify
+
+
+# ------------------------------------------------------------------------------ smart_resize
+
+@pytest.mark.parametrize("hw, kwargs, expected", [
+    ((428, 640), dict(min_pixels=3136, max_pixels=1003520), (420, 644)),   # process_bbox notebook
+    ((1532, 1014), {}, (1540, 1008)),                                       # document_parsing
+    ((1398, 870), {}, (1400, 868)),                                         # ocr receipt
+    ((2400, 1080), {}, (2408, 1092)),                                       # phone screenshot
+    ((1280, 720), {}, (1288, 728)),
+    ((4000, 6000), {}, (2912, 4368)),
+    ((4000, 6000), dict(max_pixels=1280 * 28 * 28), (812, 1204)),
+    ((20, 20), {}, (56, 56)),
+    ((10, 1000), {}, (28, 1008)),        # max(factor, .): a 10 px side still gets one row of patches
+])
+def test_smart_resize_examples(hw, kwargs, expected):
+    assert smart_resize(*hw, **kwargs) == expected
+
+
+def test_smart_resize_downscale_keeps_factor_floor():
+    # over max_pixels with a thin side: 0.0.11 wraps the floor in max(factor, .)
+    h, w = smart_resize(30, 5000, max_pixels=28 * 28 * 10)
+    assert h == 28 and w % 28 == 0 and w >= 28
+
+
+def test_aspect_ratio_error_names_size():
+    with pytest.raises(ValueError, match=r"aspect ratio.*200.*2010x10"):
+        smart_resize(10, 2010)
+
+
+# ----------------------------------------------------------------------------- sources
+
+def _rgb(w=40, h=30, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_sources_agree(tmp_path):
+    arr = _rgb()
+    path = tmp_path / "x.png"
+    Image.fromarray(arr).save(path)
+    uri = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    for src in (arr, Image.fromarray(arr), str(path), path, f"file://{path}", uri, "data:image;base64," + uri.split(",")[1]):
+        im = load_image(src)
+        assert im.mode == "RGB" and im.size == (40, 30)
+        assert np.array_equal(np.asarray(im), arr), src if isinstance(src, str) else type(src)
+
+
+def test_transparency_composited_on_white():
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:2, :, 3] = 255          # top half opaque red-ish, bottom half transparent
+    im = np.asarray(load_image(Image.fromarray(rgba, "RGBA")))
+    assert (im[:2] == [200, 0, 0]).all() and (im[2:] == 255).all()
+    la = Image.fromarray(np.stack([np.full((4, 4), 10, np.uint8), rgba[..., 3]], -1), "LA")
+    im = np.asarray(load_image(la))
+    assert (im[:2] == 10).all() and (im[2:] == 255).all()
+    p = Image.new("P", (2, 1))
+    p.putpalette([0, 0, 0, 9, 9, 9] + [0] * 762)
+    p.putpixel((0, 0), 0)
+    p.putpixel((1, 0), 1)
+    p.info["transparency"] = 0
+    assert np.asarray(load_image(p)).tolist() == [[[255, 255, 255], [9, 9, 9]]]
+    assert load_image(Image.new("L", (3, 3), 7)).mode == "RGB"
+
+
+def test_source_errors_name_the_item(tmp_path):
+    with pytest.raises(ValueError, match="not found.*nope.png"):
+        load_image(str(tmp_path / "nope.png"))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match="could not decode image.*bad.jpg"):
+        load_image(str(bad))
+    with pytest.raises(ValueError, match="could not decode image data URI"):
+        load_image("data:image/png;base64," + base64.b64encode(b"garbage").decode())
+    with pytest.raises(ValueError, match="unrecognized image input"):
+        load_image(12)
+
+
+def test_http_source_with_size_cap():
+    png = io.BytesIO()
+    Image.fromarray(_rgb(8, 8)).save(png, format="PNG")
+    body = png.getvalue()
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/missing":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert load_image(url + "/a.png").size == (8, 8)
+        with pytest.raises(ValueError, match="size limit"):
+            load_image(url + "/a.png", MediaSettings(max_bytes=10))
+        with pytest.raises(ValueError, match="could not download.*missing"):
+            load_image(url + "/missing")
+    finally:
+        server.shutdown()
+
+
+# ------------------------------------------------------------------------------ fetch_image
+
+def test_fetch_image_sizes_and_resampler():
+    arr = _rgb(97, 61)
+    im = fetch_image({"image": arr})
+    assert im.size == (84, 56)                                  # smart_resize(61, 97) -> (56, 84)
+    assert np.array_equal(np.asarray(im), np.asarray(Image.fromarray(arr).resize((84, 56), Image.BICUBIC)))
+    assert fetch_image({"image": arr, "max_pixels": 28 * 28 * 2}).size == (28, 28)   # floors, both sides
+    assert fetch_image({"image": arr, "min_pixels": 28 * 28 * 64}).size == smart_resize(61, 97, min_pixels=28 * 28 * 64)[::-1]
+    # resized_* are rounded with the default bounds, not the item's min/max
+    assert fetch_image({"image": arr, "resized_height": 100, "resized_width": 30, "max_pixels": 1}).size == (28, 112)
+    assert fetch_image({"image_url": {"url": arr}}).size == (84, 56)
+
+
+def test_patch_layout_matches_reference_order():
+    """Row r of pixel_values is patch (t, bh, bw, mh, mw) in merge-block order; each row is (C, tp, P, P)."""
+    spec = PatchSpec()
+    frames = torch.randint(0, 256, (2, 3, 56, 84)).float()
+    values, grid = patchify(frames, spec)
+    assert grid == (1, 4, 6) and values.shape == (24, 3 * 2 * 14 * 14)
+    norm = (frames / 255 - torch.tensor(spec.image_mean).view(1, 3, 1, 1)) / torch.tensor(spec.image_std).view(1, 3, 1, 1)
+    row = 0
+    for bh in range(2):
+        for bw in range(3):
+            for mh in range(2):
+                for mw in range(2):
+                    y, x = (bh * 2 + mh) * 14, (bw * 2 + mw) * 14
+                    want = norm[:, :, y:y + 14, x:x + 14].permute(1, 0, 2, 3).reshape(-1)
+                    assert torch.allclose(values[row], want, atol=1e-6)
+                    row += 1
+    # one image: the frame is repeated over the temporal patch
+    v1, g1 = patchify(frames[:1], spec)
+    assert g1 == (1, 4, 6)
+    assert torch.equal(v1.view(24, 3, 2, 196)[:, :, 0], v1.view(24, 3, 2, 196)[:, :, 1])
