@@ -21,6 +21,7 @@ from .engine.engine import Engine, Sequence, generate
 from .engine.sampling import SamplingParams
 from .model import QwenVL
 from .model.weights import load_model
+from .processing.tokenizer import StreamDecoder
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -125,6 +126,9 @@ class Pipeline:
                 s.finish("stop")
             if delta:
                 yield delta
+        delta = text.finish(seq.output_ids)
+        if delta:
+            yield delta
         holder.append(self._result(seq, media, text, start))
 
     def _max_len(self, seqs: list[Sequence]) -> int:
@@ -150,7 +154,7 @@ class Pipeline:
         results = []
         for s, media in pairs:
             t = trackers[id(s)]
-            t.update(s.output_ids)
+            t.finish(s.output_ids)
             results.append(self._result(s, media, t, start))
         return results
 
@@ -165,35 +169,41 @@ class Pipeline:
 
 
 class TextTracker:
-    """Turns a growing list of output ids into text deltas: never splits a multi-byte character (a
-    trailing U+FFFD waits for the next token), and cuts the text at the first stop string."""
+    """Turns a growing list of output ids into text deltas (incremental detokenizing: a multi-byte
+    character is never split) and cuts the text at the first stop string, holding back a possible
+    start of one until it is decided."""
 
     def __init__(self, tokenizer, stop: tuple[str, ...] = ()):
-        self.tokenizer = tokenizer
+        self.decoder = StreamDecoder(tokenizer, skip_special_tokens=True)
         self.stop = stop
-        self.text = ""
+        self.fed = 0
+        self.raw = ""       # everything decoded so far
+        self.text = ""      # what has been emitted (never past a stop string)
         self.stopped = False
 
     def update(self, ids: list[int]) -> str:
+        if len(ids) > self.fed:
+            self.raw += self.decoder.add(ids[self.fed:])
+            self.fed = len(ids)
+        return self._emit(final=False)
+
+    def finish(self, ids: list[int]) -> str:
+        """The last delta once the sequence has ended: held-back text is final now."""
+        self.update(ids)
+        self.raw += self.decoder.flush()
+        return self._emit(final=True)
+
+    def _emit(self, final: bool) -> str:
         if self.stopped:
             return ""
-        full = self.tokenizer.decode(ids, skip_special_tokens=True)
-        if full.endswith("\ufffd"):
-            return ""
+        end = len(self.raw)
         for s in self.stop:
-            i = full.find(s)
-            if i != -1:
-                full = full[:i]
-                self.stopped = True
-        if not full.startswith(self.text):  # a later token changed earlier text (rare merges): resync
-            self.text = full
-            return ""
-        delta = full[len(self.text):]
-        # hold back a possible partial stop string at the end of the text
-        if not self.stopped:
-            hold = max((k for s in self.stop for k in range(1, len(s)) if delta.endswith(s[:k])), default=0)
-            if hold:
-                delta = delta[:-hold]
+            i = self.raw.find(s)
+            if i != -1 and i < end:
+                end, self.stopped = i, True
+        if not self.stopped and not final:
+            end -= max((k for s in self.stop for k in range(1, len(s)) if self.raw.endswith(s[:k])), default=0)
+        delta = self.raw[len(self.text):end]
         self.text += delta
         return delta
 
@@ -208,7 +218,7 @@ def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
     model = load_model(path, dtype=dtype, device=device)
-    processor = Processor.from_pretrained(path)
+    processor = Processor.from_pretrained(path, max_length=model.config.text.max_position_embeddings)
     gen_path = path / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
     return Pipeline(model, processor, gen, path, max_batch=max_batch)

@@ -83,6 +83,15 @@ class Processor:
         if self.image_token_id is None or self.video_token_id is None:
             raise ValueError("the tokenizer lacks <|image_pad|> / <|video_pad|>: not a Qwen2.5-VL tokenizer")
 
+    @property
+    def min_pixels(self) -> int:
+        """The checkpoint's image pixel bounds (preprocessor_config.json), as the model's resize uses them."""
+        return self.spec.min_pixels
+
+    @property
+    def max_pixels(self) -> int:
+        return self.spec.max_pixels
+
     @classmethod
     def from_pretrained(cls, path: str | Path, max_length: int | None = None,
                         settings: MediaSettings | None = None) -> "Processor":
