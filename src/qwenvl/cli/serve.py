@@ -1,0 +1,113 @@
+"""`qwenvl serve` (the OpenAI-compatible server) and `qwenvl bench-serve` (a load generator for it)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching",
+                       description="Serve one checkpoint over an OpenAI-compatible API (/v1/chat/completions, "
+                                   "/v1/models, /health, /metrics). See docs/serving.md.")
+    p.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    p.add_argument("--served-model-name", help="the model id in /v1/models and responses (default: --model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--device", default="auto", help="auto: cuda if available, else cpu")
+    p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (KV cache slots), default 8")
+    p.add_argument("--max-model-len", type=int,
+                   help="prompt + completion tokens per sequence (default: min(model context, 8192))")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="requests waiting or preprocessing before new ones get 429 (default 256)")
+    p.add_argument("--request-timeout", type=float, default=600.0,
+                   help="seconds a request may take, queueing included; 0 = none (default 600)")
+    p.add_argument("--api-key", default=os.environ.get("QWENVL_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1 routes (default: $QWENVL_API_KEY, else none)")
+    p.add_argument("--allowed-local-media-path", metavar="DIR",
+                   help="allow image/video paths and file:// URLs, but only inside DIR (default: no local files)")
+    p.add_argument("--allow-remote-media", action="store_true",
+                   help="allow http(s) media URLs (public addresses only; default off)")
+    p.add_argument("--max-image-pixels", type=int, default=40_000_000,
+                   help="largest image (or video frame) accepted, checked before decoding (default 40000000)")
+    p.add_argument("--max-media-bytes", type=int, default=20 * 2**20, help="largest image file (default 20 MiB)")
+    p.add_argument("--max-video-bytes", type=int, default=200 * 2**20, help="largest video file (default 200 MiB)")
+    p.add_argument("--max-images-per-request", type=int, default=16)
+    p.add_argument("--max-videos-per-request", type=int, default=2)
+    p.add_argument("--max-video-frames", type=int, default=256, help="frames sampled from one video (default 256)")
+    p.add_argument("--media-fetch-timeout", type=float, default=10.0, help="seconds per remote fetch (default 10)")
+    p.add_argument("--max-n", type=int, default=8, help="largest 'n' (choices per request), default 8")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="on shutdown, seconds to let in-flight requests finish before cancelling them (default 30)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run_serve)
+
+    b = sub.add_parser("bench-serve", help="load-test a running server at several concurrency levels",
+                       description="Send chat completions to a running server (qwenvl serve, or any OpenAI-compatible "
+                                   "one) and report throughput and latency percentiles per concurrency level.")
+    from ..serve.loadtest import add_arguments
+    add_arguments(b)
+    b.set_defaults(func=run_bench)
+
+
+def settings_from_args(args, model_name: str):
+    from pathlib import Path
+
+    from ..serve.app import ServerSettings
+    from ..serve.media import MediaPolicy
+
+    for name in ("max_batch", "max_queue", "max_n", "max_image_pixels", "max_media_bytes", "max_video_bytes",
+                 "max_images_per_request", "max_video_frames"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.max_model_len is not None and args.max_model_len < 2:
+        raise ValueError("--max-model-len must be >= 2")
+    local = args.allowed_local_media_path
+    if local is not None and not Path(local).is_dir():
+        raise ValueError(f"--allowed-local-media-path {local}: not a directory")
+    policy = MediaPolicy(allowed_local_path=Path(local) if local else None, allow_remote=args.allow_remote_media,
+                         max_image_pixels=args.max_image_pixels, max_media_bytes=args.max_media_bytes,
+                         max_video_bytes=args.max_video_bytes, max_images=args.max_images_per_request,
+                         max_videos=args.max_videos_per_request, max_video_frames=args.max_video_frames,
+                         fetch_timeout=args.media_fetch_timeout)
+    return ServerSettings(model_name=model_name, max_batch=args.max_batch, max_model_len=args.max_model_len,
+                          max_queue=args.max_queue, request_timeout=args.request_timeout or None,
+                          api_key=args.api_key or None, max_n=args.max_n, shutdown_timeout=args.shutdown_timeout,
+                          media=policy)
+
+
+def run_serve(args) -> int:
+    import torch
+    import uvicorn
+
+    import qwenvl
+    from ..serve.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype = "float32" if device == "cpu" else "bfloat16"
+    name = args.served_model_name or args.model
+    settings = settings_from_args(args, name)   # validate the flags before the (slow) load
+    log = logging.getLogger("qwenvl.serve")
+    log.info("loading %s (%s on %s)", args.model, dtype, device)
+    pipe = qwenvl.load(args.model, dtype=dtype, device=device, max_batch=args.max_batch)
+    app = create_app(pipe, settings)
+    log.info("serving %r at http://%s:%d/v1 (max batch %d, max model len %d)", name, args.host, args.port,
+             args.max_batch, app.state.max_len)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=args.shutdown_timeout)
+    server = uvicorn.Server(config)
+    server.run()   # on SIGTERM/SIGINT: graceful shutdown, then uvicorn re-raises the signal (exit status 128+n)
+    return 0 if server.started else 1
+
+
+def run_bench(args) -> int:
+    from ..serve.loadtest import main
+    return main(args)
+

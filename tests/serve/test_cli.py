@@ -1,0 +1,65 @@
+"""`qwenvl serve` as a process (as users start it) and `qwenvl bench-serve` against a server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from qwenvl.cli.main import build_parser
+
+from serve_util import client, data_uri, free_port, image_message, png_bytes, running_server
+
+
+def test_qwenvl_serve_process(tiny_ckpt, tmp_path):
+    port = free_port()
+    (tmp_path / "img.png").write_bytes(png_bytes())
+    cmd = [sys.executable, "-m", "qwenvl.cli.main", "serve", "--model", str(tiny_ckpt), "--port", str(port),
+           "--max-batch", "2", "--allowed-local-media-path", str(tmp_path), "--api-key", "k", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "QWENVL_API_KEY": ""})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < end, "server did not come up"
+            time.sleep(0.2)
+        c = client(base, api_key="k")
+        assert c.models.list().data[0].id == str(tiny_ckpt)
+        r = c.chat.completions.create(model=str(tiny_ckpt), messages=image_message(str(tmp_path / "img.png")),
+                                      max_tokens=3)
+        assert r.usage.completion_tokens >= 1
+        r = c.chat.completions.create(model="x", messages=image_message(data_uri(png_bytes(seed=1))), max_tokens=3,
+                                      stream=True)
+        assert [ch for ch in r]
+    finally:
+        proc.send_signal(signal.SIGTERM)   # graceful shutdown: exits by itself
+        try:
+            # uvicorn shuts down gracefully, then re-raises the signal: killed by SIGTERM, but by itself
+            assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+            assert "Traceback" not in proc.stdout.read()
+        finally:
+            proc.kill()
+
+
+def test_bench_serve_reports_levels(pipe, tmp_path, capsys):
+    with running_server(pipe, max_batch=4) as (base, _, _):
+        args = build_parser().parse_args(["bench-serve", "--url", base, "--concurrency", "1,4", "--requests", "4",
+                                          "--max-tokens", "4", "--image-size", "56",
+                                          "--json", str(tmp_path / "out.json")])
+        assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "| concurrency |" in out and "\n| 4 | 4 | 0 |" in out
+    import json
+    rows = json.loads((tmp_path / "out.json").read_text())
+    assert [r["concurrency"] for r in rows] == [1, 4] and all(r["tokens"] == 16 for r in rows)
