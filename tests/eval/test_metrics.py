@@ -3,7 +3,7 @@
 import pytest
 
 from qwenvl.eval.metrics.choice import extract_choice, extract_choice_mmmu, extract_choice_videomme
-from qwenvl.eval.metrics.spatial import iou, normalize_box, point_in_box, to_original, xywh_to_xyxy
+from qwenvl.eval.metrics.spatial import iou, parse_detections, point_in_box, xywh_to_xyxy
 from qwenvl.eval.metrics.temporal import parse_span, temporal_iou
 from qwenvl.eval.metrics.text import anls, parse_count, relaxed_correctness, vqa_accuracy, vqa_normalize
 from qwenvl.eval.tasks.mmmu import eval_open, parse_open_response
@@ -89,14 +89,24 @@ def test_mmmu_and_videomme_extractors():
 
 
 def test_boxes():
-    assert to_original([100, 50, 200, 100], (200, 100), (400, 200)) == [200, 100, 400, 200]
+    dets, rule = parse_detections('{"bbox_2d": [100, 50, 200, 100]}', (200, 100), (400, 200))
+    assert dets[0].bbox == (200, 100, 400, 200) and rule == "json_box"     # input pixels -> original pixels
     assert xywh_to_xyxy([10, 20, 30, 40]) == (10, 20, 40, 60)
     assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
     assert iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
     assert iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0                       # degenerate: no division by zero
     # out of the image: clipped to it; inverted corners swapped
-    assert normalize_box((-10, 5, 700, -3), (640, 480)) == (0, 0, 640, 5)
+    assert parse_detections("[-10, 5, 700, -3]", (640, 480), (640, 480))[0][0].bbox == (0, 0, 640, 5)
     assert point_in_box((10, 10), (10, 0, 20, 10))                      # edges count
+
+
+@pytest.mark.parametrize("text, rule", [
+    ('```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "a"}]\n```', "json_box"), ('{"point_2d": [5, 6]}', "json_point"),
+    ('<points x1="5" y1="6" alt="a">a</points>', "xml_point"), ("1,2,3,4 cat", "plain_box"),
+    ("the box is (1, 2, 3, 4).", "inline_box"), ("click [5, 6]", "inline_point"), ("nothing", "unparsed"), ("", "unparsed"),
+])
+def test_detection_rules(text, rule):
+    assert parse_detections(text, (10, 10), (10, 10))[1] == rule
 
 
 def test_time_spans():

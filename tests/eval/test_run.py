@@ -1,29 +1,17 @@
 """`qwenvl eval run` with a fake pipeline: resume, recorded input_size / fps, scores.json."""
 
 import json
-from dataclasses import dataclass
 
 import pytest
 
 import qwenvl
 from qwenvl.cli.main import main
+from qwenvl.pipeline import ChatResult
+from qwenvl.processing import MediaInfo
 
 
-@dataclass
-class Media:
-    kind: str
-    original_size: tuple
-    input_size: tuple
-    grid_thw: tuple = (1, 2, 2)
-    fps: float | None = None
-    num_frames: int | None = None
-
-
-@dataclass
-class Result:
-    text: str
-    token_ids: list
-    media: list
+def Media(kind, original_size, input_size, fps=None, num_frames=1):
+    return MediaInfo(kind, original_size, input_size, (1, 2, 2), fps, num_frames)
 
 
 class FakePipe:
@@ -32,7 +20,7 @@ class FakePipe:
 
     def chat(self, messages, max_new_tokens=None, temperature=None):
         self.calls.append((messages, max_new_tokens, temperature))
-        return Result(self.answer, [1, 2], [self.media])
+        return ChatResult(self.answer, [1, 2], prompt_tokens=3, finish_reason="stop", media=[self.media])
 
 
 def install(monkeypatch, pipe):

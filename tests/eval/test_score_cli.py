@@ -233,4 +233,4 @@ def test_original_size_from_image_file_under_media_dir(tmp_path, capsys):
     assert main(["eval", "score", "--task", "screenspot", "--predictions", str(p), "--data", str(data),
                  "--media-dir", str(tmp_path / "imgs"), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["metrics"]["accuracy"] == 100.0 and rep["rules"] == {"regex_point": 1}   # a bare [x, y]: the local fallback reads it
+    assert rep["metrics"]["accuracy"] == 100.0 and rep["rules"] == {"inline_point": 1}   # a bare [x, y] in the answer

@@ -1,41 +1,13 @@
-"""Helpers for the task tests: a reference smart_resize (qwen-vl-utils semantics), a fake pipe."""
+"""Helpers for the task tests: a scripted pipe answering with real ChatResult / MediaInfo objects."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from qwenvl.pipeline import ChatResult
+from qwenvl.processing import MediaInfo
 
 
-def ref_smart_resize(height, width, factor=28, min_pixels=4 * 28 * 28, max_pixels=16384 * 28 * 28):
-    """qwen-vl-utils 0.0.11 smart_resize, written out from its documented steps; returns (h, w)."""
-    h = max(factor, round(height / factor) * factor)
-    w = max(factor, round(width / factor) * factor)
-    if h * w > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h = max(factor, math.floor(height / beta / factor) * factor)
-        w = max(factor, math.floor(width / beta / factor) * factor)
-    elif h * w < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h = math.ceil(height * beta / factor) * factor
-        w = math.ceil(width * beta / factor) * factor
-    return h, w
-
-
-@dataclass
-class FakeMedia:
-    kind: str
-    original_size: tuple
-    input_size: tuple
-    grid_thw: tuple = (1, 2, 2)
-    fps: float | None = None
-    num_frames: int | None = None
-
-
-@dataclass
-class FakeResult:
-    text: str
-    media: list = field(default_factory=list)
-    token_ids: list = field(default_factory=list)
+def media_info(kind, original_size, input_size, *, fps=None, num_frames=1, grid_thw=(1, 2, 2)) -> MediaInfo:
+    return MediaInfo(kind, tuple(original_size), tuple(input_size), grid_thw, fps, num_frames)
 
 
 class FakeProcessor:
@@ -56,4 +28,4 @@ class FakePipe:
         self.calls.append((messages, sampling))
         text = self.texts.pop(0) if len(self.texts) > 1 else self.texts[0]
         media = self.media(messages) if callable(self.media) else list(self.media)
-        return FakeResult(text, media)
+        return ChatResult(text, token_ids=[], prompt_tokens=0, finish_reason="stop", media=media)

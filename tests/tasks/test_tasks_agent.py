@@ -8,7 +8,8 @@ from PIL import Image
 from qwenvl.tasks import (agent_messages, computer_use_tool, mobile_use_tool, parse_tool_calls, run_agent,
                           tool_system_prompt)
 from qwenvl.tasks.agent import history_text
-from task_fakes import FakeMedia, FakePipe
+from qwenvl.processing import smart_resize
+from task_fakes import FakePipe, media_info
 
 
 def test_mobile_tool_schema():
@@ -107,7 +108,7 @@ OPEN = '<tool_call>\n{"name": "mobile_use", "arguments": {"action": "open", "tex
 DONE = '<tool_call>\n{"name": "mobile_use", "arguments": {"action": "terminate", "status": "success"}}\n</tool_call>'
 
 
-def test_agent_loop_until_terminate(smart_resize):
+def test_agent_loop_until_terminate():
     pipe, env = FakePipe([OPEN, CLICK, DONE]), FakeEnv()
     pipe.processor.max_pixels = 16384 * 28 * 28
     t = run_agent(pipe, env, "Open the file manager app", max_steps=5)
@@ -128,7 +129,7 @@ def test_agent_loop_until_terminate(smart_resize):
     assert json.loads(t.to_json())["status"] == "success"
 
 
-def test_agent_loop_step_limit_and_processor_bounds(smart_resize):
+def test_agent_loop_step_limit_and_processor_bounds():
     pipe, env = FakePipe([CLICK]), FakeEnv()          # processor max_pixels = 1280*28*28
     t = run_agent(pipe, env, "tap forever", max_steps=3)
     assert t.status == "max_steps" and len(t.steps) == 3 and len(env.executed) == 3
@@ -138,9 +139,9 @@ def test_agent_loop_step_limit_and_processor_bounds(smart_resize):
     assert pipe.calls[0][0][1]["content"][1]["max_pixels"] == 1280 * 28 * 28
 
 
-def test_agent_loop_media_input_size_wins_and_answer(smart_resize):
+def test_agent_loop_media_input_size_wins_and_answer():
     answer = '<tool_call>\n{"name": "mobile_use", "arguments": {"action": "answer", "text": "42"}}\n</tool_call>'
-    pipe = FakePipe([CLICK, answer], media=[FakeMedia("image", (1080, 2400), (1000, 2000))])
+    pipe = FakePipe([CLICK, answer], media=[media_info("image", (1080, 2400), (1000, 2000))])
     env = FakeEnv()
     t = run_agent(pipe, env, "what is it?", answer=True)
     assert t.status == "answered" and t.answer == "42"
@@ -148,7 +149,7 @@ def test_agent_loop_media_input_size_wins_and_answer(smart_resize):
     assert "`answer`" in pipe.calls[0][0][0]["content"]
 
 
-def test_agent_loop_no_action_stops(smart_resize):
+def test_agent_loop_no_action_stops():
     t = run_agent(FakePipe(["I am not sure what to do."]), FakeEnv(), "x", tool="computer_use")
     assert t.status == "no_action" and t.steps[0].warnings and t.steps[0].text == "I am not sure what to do."
 

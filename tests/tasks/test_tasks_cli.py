@@ -7,7 +7,8 @@ from PIL import Image
 
 import qwenvl
 from qwenvl.cli.main import main
-from task_fakes import FakeMedia, FakePipe
+from qwenvl.processing import smart_resize
+from task_fakes import FakePipe, media_info
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def test_ground(tmp_path, capsys, fake_load):
     path = tmp_path / "img.png"
     Image.new("RGB", (640, 428), "white").save(path)
     text = '```json\n[{"bbox_2d": [147, 134, 619, 407], "label": "dog"}]\n```'
-    pipe = FakePipe([text], media=[FakeMedia("image", (640, 428), (644, 420))])
+    pipe = FakePipe([text], media=[media_info("image", (640, 428), (644, 420))])
     loaded = fake_load(pipe)
     save = tmp_path / "out.png"
     rc, out, _ = run(capsys, ["ground", str(path), "the dog", "--save", str(save), "--max-pixels", "1003520"])
@@ -47,7 +48,7 @@ def test_ground(tmp_path, capsys, fake_load):
     assert user[1]["max_pixels"] == 1003520 and sampling["temperature"] == 0
 
 
-def test_ground_points_and_fallback_size(tmp_path, capsys, fake_load, smart_resize):
+def test_ground_points_and_fallback_size(tmp_path, capsys, fake_load):
     path = tmp_path / "img.png"
     Image.new("RGB", (1000, 500), "white").save(path)
     fake_load(FakePipe(['<points x1="100" y1="50" alt="cup">cup</points>']))        # no media info
@@ -63,7 +64,7 @@ def test_parse_doc_image_and_formats(tmp_path, capsys, fake_load):
     Image.new("RGB", (1014, 1532), "white").save(path)
     html = ('```html\n<html><body>\n<h2 data-bbox="310 94 658 132">Qwen2.5 Technical Report</h2>\n'
             '<p data-bbox="427 154 542 182">Qwen Team</p>\n</body></html>\n```')
-    pipe = FakePipe([html], media=[FakeMedia("image", (1014, 1532), (1008, 1540))])
+    pipe = FakePipe([html], media=[media_info("image", (1014, 1532), (1008, 1540))])
     fake_load(pipe)
     rc, out, _ = run(capsys, ["parse-doc", str(path), "--save", str(tmp_path / "doc.png")])
     page = json.loads(out)["pages"][0]
@@ -85,7 +86,7 @@ def test_parse_doc_pdf_one_result_per_page(tmp_path, capsys, fake_load):
     pdf.save(str(path))
     pdf.close()
     pipe = FakePipe(['<p data-bbox="0 0 10 10">page one</p>', '<p data-bbox="0 0 10 10">page two</p>'],
-                    media=lambda messages: [FakeMedia("image", messages[-1]["content"][1]["image"].size, (588, 784))])
+                    media=lambda messages: [media_info("image", messages[-1]["content"][1]["image"].size, (588, 784))])
     fake_load(pipe)
     rc, out, _ = run(capsys, ["parse-doc", str(path), "--dpi", "144", "--save", str(tmp_path / "p.png")])
     pages = json.loads(out)["pages"]
@@ -98,7 +99,7 @@ def test_locate(tmp_path, capsys, fake_load):
     video = tmp_path / "v.mp4"
     video.write_bytes(b"not decoded by the fake pipe")
     pipe = FakePipe(["The given query happens in 64.0 - 72.0 seconds."],
-                    media=[FakeMedia("video", (640, 360), (644, 364), fps=2.0, num_frames=200)])
+                    media=[media_info("video", (640, 360), (644, 364), fps=2.0, num_frames=200)])
     fake_load(pipe)
     rc, out, _ = run(capsys, ["locate", str(video), "seasoning the steak", "--fps", "2"])
     data = json.loads(out)

@@ -5,6 +5,7 @@ import random
 import pytest
 
 from qwenvl.tasks import detect_prompt, grounding_prompt, parse_boxes, to_input_coords
+from qwenvl.processing import smart_resize
 
 # Saved cookbook output (cakes.png, 7B): JSON array in a ```json fence, tab-indented.
 CAKES = """```json
@@ -119,7 +120,7 @@ BOUNDS = [(4 * 28 * 28, 16384 * 28 * 28), (56 * 56, 14 * 14 * 4 * 1280), (256 * 
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("bounds", BOUNDS)
-def test_round_trip_through_smart_resize(size, bounds, smart_resize):
+def test_round_trip_through_smart_resize(size, bounds):
     w, h = size
     h2, w2 = smart_resize(h, w, min_pixels=bounds[0], max_pixels=bounds[1])
     rng = random.Random(w * 7 + h)
@@ -137,7 +138,7 @@ def test_round_trip_through_smart_resize(size, bounds, smart_resize):
     assert abs(pt.point[0] - x1) <= tol_x and abs(pt.point[1] - y1) <= tol_y
 
 
-def test_known_resize_examples(smart_resize):
+def test_known_resize_examples():
     # Worked examples from the reference (W x H -> H', W').
     assert smart_resize(428, 640, min_pixels=56 * 56, max_pixels=14 * 14 * 4 * 1280) == (420, 644)
     assert smart_resize(1532, 1014) == (1540, 1008)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._json import find_json_values, parse_lenient, strip_fences, to_number
+from .grounding import Scaler
 from .tools import computer_use_tool, mobile_use_tool, screen_input_size, tool_system_prompt
 
 TERMINAL_ACTIONS = ("terminate", "answer")
@@ -103,14 +104,12 @@ def _action(d, input_size, screen_size) -> Action | None:
 def _map_coords(args: dict, input_size, screen_size) -> dict:
     if not input_size or not screen_size:
         return dict(args)
-    sx, sy = screen_size[0] / input_size[0], screen_size[1] / input_size[1]
+    scale = Scaler(input_size, screen_size)
     out = {}
     for k, v in args.items():
         nums = [to_number(x) for x in v] if isinstance(v, (list, tuple)) and len(v) == 2 else None
         if nums and None not in nums and _COORD_NAME.search(k):
-            x = min(max(nums[0] * sx, 0.0), float(screen_size[0]))
-            y = min(max(nums[1] * sy, 0.0), float(screen_size[1]))
-            out[k] = [x, y]
+            out[k] = list(scale.point(*nums))
         else:
             out[k] = v
     return out

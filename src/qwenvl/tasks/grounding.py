@@ -60,14 +60,18 @@ class Detection:
 
 
 class Detections(list):
-    """A list of Detection that also carries the raw model text, warnings and both sizes."""
+    """A list of Detection that also carries the raw model text, warnings, both sizes and the format
+    the detections were read from: "json", "xml" (<points>), "plain" ("x1,y1,x2,y2 label" lines),
+    "inline" (bracketed numbers in prose: "[x1, y1, x2, y2]" boxes, else "(x, y)" points) or None."""
 
-    def __init__(self, items=(), *, raw: str = "", warnings=(), input_size=None, image_size=None):
+    def __init__(self, items=(), *, raw: str = "", warnings=(), input_size=None, image_size=None,
+                 format: str | None = None):
         super().__init__(items)
         self.raw = raw
         self.warnings = list(warnings)
         self.input_size = input_size
         self.image_size = image_size
+        self.format = format if items else None
 
     def to_dict(self) -> dict:
         return {"detections": [d.to_dict() for d in self], "input_size": self.input_size,
@@ -115,14 +119,16 @@ def parse_boxes(text: str, *, input_size=None, image_size=None) -> Detections:
     text = text if isinstance(text, str) else str(text or "")
     scale = Scaler(input_size, image_size)
     warnings: list[str] = []
-    found = _from_json(text, scale, warnings)
-    if not found:
-        found = _from_xml(text, scale)
-    if not found:
-        found = _from_plain(text, scale)
+    found, fmt = [], None
+    readers = (("json", lambda: _from_json(text, scale, warnings)), ("xml", lambda: _from_xml(text, scale)),
+               ("plain", lambda: _from_plain(text, scale)), ("inline", lambda: _from_inline(text, scale)))
+    for fmt, read in readers:
+        found = read()
+        if found:
+            break
     if not found and text.strip():
         warnings.append("no boxes or points found in the model output")
-    return Detections(found, raw=text, warnings=warnings,
+    return Detections(found, raw=text, warnings=warnings, format=fmt,
                       input_size=tuple(input_size) if input_size else None,
                       image_size=tuple(image_size) if image_size else None)
 
@@ -247,6 +253,19 @@ def _from_plain(text: str, scale: Scaler) -> list[Detection]:
             x1, y1, x2, y2 = (float(m.group(i)) for i in range(1, 5))
             out.append(Detection(m.group(5).strip(" '\"`"), bbox=scale.box(x1, y1, x2, y2)))
     return out
+
+
+# ------------------------------------------------------------------------------------ inline numbers
+
+# Last resort: "[x1, y1, x2, y2]" / "(x1, y1, x2, y2)" anywhere in prose are boxes; without any,
+# "[x, y]" / "(x, y)" are points (a click answered as a bare pair).
+_INLINE_BOX = re.compile(rf"[\[(]\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*[\])]")
+_INLINE_POINT = re.compile(rf"[\[(]\s*({_NUM})\s*,\s*({_NUM})\s*[\])]")
+
+
+def _from_inline(text: str, scale: Scaler) -> list[Detection]:
+    boxes = [Detection(bbox=scale.box(*map(float, m.groups()))) for m in _INLINE_BOX.finditer(text)]
+    return boxes or [Detection(point=scale.point(*map(float, m.groups()))) for m in _INLINE_POINT.finditer(text)]
 
 
 # ------------------------------------------------------------------------------------ inverse mapping

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+from qwenvl.processing import smart_resize
+
 _COORD = ("(x, y): The x (pixels from the left edge) and y (pixels from the top edge) coordinates to move the mouse "
           "to. Required only by {which}.")
 
@@ -127,8 +129,6 @@ def tool_system_prompt(functions: list[dict], system: str = "You are a helpful a
 def screen_input_size(screen_size: tuple[int, int], *, min_pixels: int | None = None,
                       max_pixels: int | None = None, factor: int = 28) -> tuple[int, int]:
     """(width, height) the processor resizes a screenshot of screen_size = (width, height) to."""
-    from qwenvl.processing.image import smart_resize   # lazily: written by the processing module
-
     kw = {}
     if min_pixels is not None:
         kw["min_pixels"] = min_pixels

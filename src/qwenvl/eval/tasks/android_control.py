@@ -5,7 +5,7 @@ previous action strings, optional), image (screenshot path), width, height, acti
 "x", "y", "text", "direction", "app_name"} in original pixels, optional target_bbox [x1, y1, x2, y2].
 `android_control` gives the goal only (HighEM); `android_control_low` adds the step instruction (LowEM).
 
-The model answers with the cookbook's `mobile_use` tool call, mapped to Android Control actions:
+The model answers with the cookbook's `mobile_use` tool call (qwenvl.tasks.mobile_use_tool), mapped to Android Control actions:
 click/long_press -> same; swipe -> scroll, direction opposite to the finger (finger up = scroll down);
 type -> input_text; open -> open_app; system_button Back/Home -> navigate_back/navigate_home; wait -> wait.
 A step is correct when the action type matches and:
@@ -19,41 +19,13 @@ from __future__ import annotations
 
 import math
 
+from qwenvl.tasks import mobile_use_tool, screen_input_size, tool_system_prompt
+
 from ..data import image_size
 from ..metrics.spatial import point_in_box
 from ..registry import Sample, Task, register
 from ._common import as_list, first, image_item, input_size, original_size, text, text_of, user
-from ._grounding import smart_resize, tool_call_args
-from .screenspot import tool_system_prompt
-
-MOBILE_USE = """Use a touchscreen to interact with a mobile device, and take screenshots.
-* This is an interface to a mobile device with touchscreen. You can perform actions like clicking, typing, swiping, etc.
-* Some applications may take time to start or process actions, so you may need to wait and take successive screenshots to see the results of your actions.
-* The screen's resolution is {w}x{h}.
-* Make sure to click any buttons, links, icons, etc with the cursor tip in the center of the element. Don't click boxes on their edges unless asked."""
-
-MOBILE_PARAMS = {
-    "properties": {
-        "action": {"description": "The action to perform.", "type": "string",
-                   "enum": ["key", "click", "long_press", "swipe", "type", "system_button", "open", "wait",
-                            "terminate"]},
-        "coordinate": {"description": "(x, y): The x (pixels from the left edge) and y (pixels from the top edge) "
-                                      "coordinates to move the mouse to. Required only by `action=click`, "
-                                      "`action=long_press`, and `action=swipe`.", "type": "array"},
-        "coordinate2": {"description": "(x, y): The x (pixels from the left edge) and y (pixels from the top "
-                                       "edge) coordinates to move the mouse to. Required only by `action=swipe`.",
-                        "type": "array"},
-        "text": {"description": "Required only by `action=key`, `action=type`, and `action=open`.", "type": "string"},
-        "time": {"description": "The seconds to wait. Required only by `action=long_press` and `action=wait`.",
-                 "type": "number"},
-        "button": {"description": "Back means returning to the previous interface, Home means returning to the "
-                                  "desktop, Menu means opening the application background menu, and Enter means "
-                                  "pressing the enter. Required only by `action=system_button`",
-                   "enum": ["Back", "Home", "Menu", "Enter"], "type": "string"},
-        "status": {"description": "The status of the task. Required only by `action=terminate`.", "type": "string",
-                   "enum": ["success", "failure"]},
-    },
-    "required": ["action"], "type": "object"}
+from ._grounding import tool_call_args
 
 CLICK_RADIUS = 0.14
 TEXT_F1 = 0.5
@@ -104,14 +76,14 @@ class AndroidControl(Task):
     def messages(self, rec, ctx):
         img = first(rec, "image", "screenshot", "image_path")
         w, h = image_size(img, rec, ctx) or (first(rec, "width"), first(rec, "height"))
-        rw, rh = smart_resize(int(w), int(h), ctx.min_pixels, ctx.max_pixels)
+        screen = screen_input_size((int(w), int(h)), min_pixels=ctx.min_pixels, max_pixels=ctx.max_pixels)
         history = "; ".join(f"Step {i + 1}: {s}" for i, s in enumerate(as_list(rec.get("history")))) + (
             "; " if rec.get("history") else "")
         query = (f"The user query: {rec['goal']}\nTask progress (You have done the following operation on the "
                  f"current device): {history}")
         if self.name == "android_control_low":
             query += f"\nThe next step: {rec['step_instruction']}"
-        system = tool_system_prompt("mobile_use", MOBILE_USE.format(w=rw, h=rh), MOBILE_PARAMS)
+        system = tool_system_prompt([mobile_use_tool(screen)])
         return user(text(query), image_item(img, rec, ctx), system=system)
 
     def score_sample(self, rec, pred):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import io
 
-from ..metrics.spatial import normalize_box, parse_detections
 from ..registry import Sample, Task, register
-from ._common import as_list, first, image_item, input_size, original_size, text, text_of, user
+from ._common import as_list, first, image_item, text, user
+from ._grounding import answer_detections
 
 
 @register("odinw13", "odinw")
@@ -30,10 +30,8 @@ class ODinW(Task):
         return user(image_item(first(rec, "image", "image_path", "file_name"), rec, ctx), text(prompt))
 
     def score_sample(self, rec, pred):
-        size = original_size(rec, pred, "image")
-        insize, _ = input_size(pred, size)
-        dets, rule = parse_detections(text_of(pred), insize, size) if size else ([], "no_image_size")
-        boxes = [(str(d.label or "").strip().lower(), normalize_box(d.bbox, size)) for d in dets if d.bbox]
+        dets, rule, size, _ = answer_detections(rec, pred)
+        boxes = [(str(d.label or "").strip().lower(), d.bbox) for d in dets if d.bbox]
         return Sample({}, rule, {"subset": str(rec.get("dataset_name", "all"))}, extra=(boxes, size))
 
     def aggregate(self, recs, samples):

@@ -10,9 +10,10 @@ VLMEvalKit columns bbox_x1..bbox_y2, give corner boxes instead. A row with a lis
 
 from __future__ import annotations
 
-from ..metrics.spatial import iou, normalize_box, parse_detections, xywh_to_xyxy
+from ..metrics.spatial import iou, xywh_to_xyxy
 from ..registry import Sample, Task, register
-from ._common import as_list, first, image_item, input_size, original_size, text, text_of, user
+from ._common import as_list, first, image_item, text, user
+from ._grounding import answer_detections, first_box
 
 
 def gt_box(rec) -> tuple:
@@ -47,11 +48,9 @@ class RefCOCO(Task):
         return user(image_item(first(rec, "image", "image_path", "file_name"), rec, ctx), text(prompt))
 
     def score_sample(self, rec, pred):
-        size = original_size(rec, pred, "image")
-        insize, known = input_size(pred, size)
-        dets, rule = parse_detections(text_of(pred), insize, size) if size else ([], "no_image_size")
-        box = next((d.bbox for d in dets if d.bbox is not None), None)
+        dets, rule, _, known = answer_detections(rec, pred)
+        box = first_box(dets)
         if box is None:
             return Sample({"acc@0.5": 0.0, "iou": 0.0}, rule if rule == "unparsed" else "no_box")
-        v = iou(normalize_box(box, size), gt_box(rec))
+        v = iou(box, gt_box(rec))
         return Sample({"acc@0.5": float(v >= 0.5), "iou": v}, rule if known else rule + "+no_input_size")

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 
-from ..metrics.spatial import iou, normalize_box, parse_detections
+from ..metrics.spatial import iou
 from ..metrics.text import NUMBER_WORDS
 from ..registry import Sample, Task, register
-from ._common import as_list, first, image_item, input_size, original_size, text, text_of, user
+from ._common import as_list, first, image_item, text, text_of, user
+from ._grounding import answer_detections, first_box
 
 
 def normalize_answer(s) -> str:
@@ -32,11 +33,9 @@ class SyntheticShapes(Task):
         group = {"kind": str(rec["kind"])} if rec.get("kind") else {}
         t = text_of(pred)
         if rec.get("bbox") not in (None, ""):
-            size = original_size(rec, pred, "image")
-            insize, _ = input_size(pred, size)
-            dets, rule = parse_detections(t, insize, size) if size else ([], "no_image_size")
-            box = next((d.bbox for d in dets if d.bbox is not None), None)
-            ok = box is not None and iou(normalize_box(box, size), [float(v) for v in as_list(rec["bbox"])]) >= 0.5
+            dets, rule, _, _ = answer_detections(rec, pred)
+            box = first_box(dets)
+            ok = box is not None and iou(box, [float(v) for v in as_list(rec["bbox"])]) >= 0.5
             return Sample({"accuracy": float(ok)}, rule if box is not None or rule == "unparsed" else "no_box",
                           group)
         ok = normalize_answer(t) == normalize_answer(rec["answer"])
