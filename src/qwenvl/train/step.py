@@ -1,0 +1,62 @@
+"""The network as training calls it, and the losses.
+
+`Policy` wraps a QwenVL: one vision-tower call per micro-batch for all its images and video frames (a
+4-patch dummy when there are none, so that every rank runs the same collectives under FSDP and the
+tower's parameters always take part in the graph), the block-diagonal mask of the packed rows, and
+log-probabilities of the supervised tokens only: the LM head never runs on prompt or padding tokens.
+
+Losses are sums; the loop divides them by the number of supervised tokens (SFT) or pairs (DPO) of
+the whole optimizer step over every rank, so gradient accumulation, packing and data parallelism all
+give the same token-level mean.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .pack import IGNORE, Batch, block_causal_mask
+
+
+class Policy(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, targets, positions, segments, pixel_values, grid_thw, n_image_tokens: int):
+        """-> (log p(target) [n], sample index [n]) for the n supervised tokens of the micro-batch."""
+        m = self.model
+        dummy = pixel_values is None
+        if dummy:
+            patch = m.config.vision.in_channels * m.config.vision.temporal_patch_size * m.config.vision.patch_size ** 2
+            pixel_values = torch.zeros(m.config.vision.merge_unit, patch, device=input_ids.device)
+            grid_thw = torch.tensor([[1, m.config.vision.spatial_merge_size, m.config.vision.spatial_merge_size]])
+        feats = m.visual(pixel_values, grid_thw)  # [n_media_tokens, E]: images first, then videos
+        if dummy:
+            x = m.embed(input_ids) + 0.0 * feats.sum()
+        else:
+            x = m.embed(input_ids, image_embeds=feats[:n_image_tokens], video_embeds=feats[n_image_tokens:])
+        hidden = m.language_model(x, positions, block_causal_mask(segments))
+        sel = targets != IGNORE
+        logits = m.lm_head(hidden[sel]).float()
+        logp = -F.cross_entropy(logits, targets[sel], reduction="none")
+        return logp, segments[sel]
+
+
+def run(policy: nn.Module, batch: Batch):
+    return policy(batch.input_ids, batch.targets, batch.positions, batch.segments, batch.pixel_values,
+                  batch.grid_thw, batch.n_image_tokens)
+
+
+def sequence_logps(logp: torch.Tensor, seg: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """Per-sample sums of token log-probabilities: [n_samples]."""
+    return torch.zeros(n_samples, dtype=logp.dtype, device=logp.device).index_add(0, seg, logp)
+
+
+def dpo_terms(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float):
+    """Sigmoid DPO over [chosen0, rejected0, chosen1, ...]: -log sigmoid(beta * (delta_chosen - delta_rejected)),
+    summed over pairs; also the implicit reward margins (for logging)."""
+    delta = policy_logps - ref_logps
+    margin = beta * (delta[0::2] - delta[1::2])
+    return -F.logsigmoid(margin).sum(), margin.detach()
