@@ -48,8 +48,9 @@ The colour of the shape is blue, green, yellow, purple, orange, black or white. 
 """
 
 
-def build_tokenizer(vocab_size: int = 512):
-    """A byte-level BPE tokenizer trained on a small fixed corpus, with Qwen's added tokens appended."""
+def build_tokenizer(vocab_size: int = 512, extra_text: list[str] | None = None):
+    """A byte-level BPE tokenizer trained on a small fixed corpus (plus `extra_text`), with Qwen's added
+    tokens appended."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers, AddedToken
 
     tok = Tokenizer(models.BPE())
@@ -57,7 +58,7 @@ def build_tokenizer(vocab_size: int = 512):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator(_CORPUS.splitlines() * 4, trainer=trainer)
+    tok.train_from_iterator(_CORPUS.splitlines() * 4 + list(extra_text or []), trainer=trainer)
     tok.add_special_tokens([AddedToken(t, special=t not in NOT_SPECIAL, normalized=False) for t in SPECIAL_TOKENS])
     return tok
 
@@ -136,11 +137,12 @@ def tiny_config(ids: dict[str, int], *, vocab_size: int, tie_word_embeddings: bo
     )
 
 
-def write_assets(out: str | Path, *, vocab_size: int = 512, **processor_kwargs) -> tuple[dict[str, int], int]:
+def write_assets(out: str | Path, *, vocab_size: int = 512, extra_text: list[str] | None = None,
+                 **processor_kwargs) -> tuple[dict[str, int], int]:
     """Tokenizer, processor, chat template and generation config into `out`.
     Returns the special token ids and the tokenizer's full vocabulary size."""
     out = Path(out)
-    tok = build_tokenizer(vocab_size)
+    tok = build_tokenizer(vocab_size, extra_text)
     ids = token_ids(tok)
     write_tokenizer_files(out, tok)
     write_processor_files(out, **processor_kwargs)
