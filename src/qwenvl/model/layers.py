@@ -2,9 +2,50 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@lru_cache(maxsize=None)
+def _cpu_has_native(dtype: torch.dtype) -> bool:
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if dtype == torch.float16:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    return True
+
+
+def compute_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """The dtype activations are computed in for weights stored in `dtype`.
+
+    A CPU without bf16/fp16 matrix instructions (no AVX512-BF16/AMX) runs half-precision GEMMs several
+    times slower than float32 ones: there the weights stay in half precision (memory, bandwidth) and the
+    activations are float32 (see `Linear`). Everywhere else the storage dtype is the compute dtype."""
+    if torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16) and not _cpu_has_native(dtype):
+        return torch.float32
+    return dtype
+
+
+# Below this many rows a Linear whose input is wider than its weights casts the input down (a matrix-vector
+# product reads the weights once: upcasting them would cost more than the product); at or above it, it
+# casts the weights up (the cast is amortised over the rows).
+UPCAST_MIN_ROWS = 16
+
+
+class Linear(nn.Linear):
+    """nn.Linear that also accepts inputs of another floating dtype than its weights (mixed precision:
+    half-precision weights, float32 activations). Same parameters and state dict as nn.Linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        if x.dtype == w.dtype:
+            return F.linear(x, w, b)
+        if x.numel() >= UPCAST_MIN_ROWS * x.shape[-1]:
+            return F.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
+        return F.linear(x.to(w.dtype), w, b).to(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -26,9 +67,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden: int, bias: bool, act: str = "silu"):
         super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
-        self.up_proj = nn.Linear(dim, hidden, bias=bias)
-        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+        self.gate_proj = Linear(dim, hidden, bias=bias)
+        self.up_proj = Linear(dim, hidden, bias=bias)
+        self.down_proj = Linear(hidden, dim, bias=bias)
         self.act = ACTIVATIONS[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import QwenVLConfig
 from .rope import mrope_positions
+from .layers import Linear
 from .text import KVCache, TextModel, causal_padding_mask
 from .vision import VisionTransformer
 
@@ -32,7 +33,7 @@ class QwenVL(nn.Module):
         self.config = config
         self.visual = VisionTransformer(config.vision)
         self.language_model = TextModel(config.text)
-        self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+        self.lm_head = Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
         if config.text.tie_word_embeddings:
             self.lm_head.weight = self.language_model.embed_tokens.weight
 
@@ -95,5 +96,5 @@ class QwenVL(nn.Module):
         return Output(self.logits(hidden), positions, deltas)
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
-        p = self.lm_head.weight
+        p = self.language_model.embed_tokens.weight  # the LM head may be replaced (engine/quantize.py)
         return KVCache(self.config.text, batch_size, max_len, p.dtype, p.device)

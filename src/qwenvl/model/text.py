@@ -1,7 +1,7 @@
 """The Qwen2.5 decoder with MRoPE. Reference: transformers 4.51.3 Qwen2_5_VLModel.
 
 Shapes: B batch, L new tokens, S keys (cached + new), Hq query heads, Hkv key/value heads (GQA),
-D head dim. Positions [3, B, L] (time, height, width) come from the caller; the model keeps no
+D head dim (GQA: SDPA's enable_gqa, keys/values are not repeated). Positions [3, B, L] (time, height, width) come from the caller; the model keeps no
 position state. Attention masks are boolean, True = may attend, [B, 1, L, S].
 """
 
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TextConfig
-from .layers import RMSNorm, SwiGLU, apply_rope
+from .layers import Linear, RMSNorm, SwiGLU, apply_rope, compute_dtype
 from .rope import mrope_cos_sin
 
 
@@ -46,18 +46,18 @@ class KVCache:
         pos = start.view(-1, 1) + torch.arange(L, device=k.device)  # [B', L]
         r = rows.view(-1, 1).expand_as(pos)
         # index_put on [B, S, Hkv, D] views: rows and positions select, heads and dims are copied whole.
-        self.k[layer].transpose(1, 2).index_put_((r, pos), k.transpose(1, 2))
-        self.v[layer].transpose(1, 2).index_put_((r, pos), v.transpose(1, 2))
+        self.k[layer].transpose(1, 2).index_put_((r, pos), k.transpose(1, 2).to(self.k.dtype))
+        self.v[layer].transpose(1, 2).index_put_((r, pos), v.transpose(1, 2).to(self.v.dtype))
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.q_proj = Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=True)
+        self.k_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
+        self.v_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
+        self.o_proj = Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, rows, start):
         B, L, _ = x.shape
@@ -70,11 +70,10 @@ class Attention(nn.Module):
             S = mask.shape[-1]
             idx = slice(None) if rows is None else rows
             k, v = cache.k[layer, idx, :, :S], cache.v[layer, idx, :, :S]
-        if self.n_kv != self.n_heads:
-            rep = self.n_heads // self.n_kv
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            if k.dtype != q.dtype:  # a half-precision cache under float32 compute (layers.compute_dtype)
+                k, v = k.to(q.dtype), v.to(q.dtype)
+        # GQA inside SDPA: no repeated copy of the keys/values (per decode step on CPU: ~17x less attention time)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, -1))
 
 
@@ -110,6 +109,7 @@ class TextModel(nn.Module):
         cache.lengths[b] onwards (`rows` selects which cache rows the B inputs belong to), `mask` must cover
         the keys [0, S) and cache.lengths is advanced by L."""
         B, L, _ = embeds.shape
+        embeds = embeds.to(compute_dtype(embeds.dtype, embeds.device))
         cos, sin = mrope_cos_sin(positions, self.inv_freq, self.cfg.mrope_section, embeds.dtype)
         cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
         start = None

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VisionConfig
-from .layers import RMSNorm, SwiGLU, apply_rope
+from .layers import Linear, RMSNorm, SwiGLU, apply_rope, compute_dtype
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,8 @@ class VisionAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
-        self.proj = nn.Linear(dim, dim, bias=True)
+        self.qkv = Linear(dim, 3 * dim, bias=True)
+        self.proj = Linear(dim, dim, bias=True)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, segments: Segments) -> torch.Tensor:
         N = x.shape[0]
@@ -131,7 +131,7 @@ class PatchMerger(nn.Module):
         super().__init__()
         dim = cfg.hidden_size * cfg.merge_unit
         self.ln_q = RMSNorm(cfg.hidden_size, 1e-6)
-        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, cfg.out_hidden_size))
+        self.mlp = nn.Sequential(Linear(dim, dim), nn.GELU(), Linear(dim, cfg.out_hidden_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.ln_q(x).view(-1, self.mlp[0].in_features))
@@ -142,7 +142,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.proj = nn.Linear(cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size ** 2, cfg.hidden_size,
+        self.proj = Linear(cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size ** 2, cfg.hidden_size,
                               bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -187,7 +187,8 @@ class VisionTransformer(nn.Module):
         layout = self.layout(grid_thw)
         device = pixel_values.device
         unit = self.cfg.merge_unit
-        x = self.patch_embed(pixel_values.to(self.dtype))
+        # half-precision weights on a CPU without half-precision GEMMs: float32 activations (layers.compute_dtype)
+        x = self.patch_embed(pixel_values.to(compute_dtype(self.dtype, device)))
         N = x.shape[0]
         # Reorder whole merge units into window order; the merger's 2x2 grouping stays intact.
         x = x.view(N // unit, unit, -1)[layout.window_index.to(device)].view(N, -1)
@@ -195,4 +196,4 @@ class VisionTransformer(nn.Module):
         full = set(self.cfg.fullatt_block_indexes)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, layout.frames if i in full else layout.windows)
-        return self.merger(x)[layout.reverse_index.to(device)]
+        return self.merger(x)[layout.reverse_index.to(device)].to(self.dtype)

@@ -62,10 +62,47 @@ def weight_files(path: Path) -> dict[str, Path]:
     return files
 
 
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+class MappedSafetensors:
+    """A safetensors file memory-mapped (copy-on-write): `get_tensor` returns views of the mapping, so a
+    tensor kept in its stored dtype costs no copy and loading peaks at the weights' bytes, not
+    weights + one shard (safetensors' own reader copies each tensor out of its mapping)."""
+
+    def __init__(self, path: Path):
+        import mmap
+        import struct
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            self.header = json.loads(f.read(n))
+            self.header.pop("__metadata__", None)
+            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        self.base = 8 + n
+
+    def keys(self):
+        return self.header.keys()
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        info = self.header[name]
+        dtype = SAFETENSORS_DTYPES[info["dtype"]]
+        start, end = info["data_offsets"]
+        count = (end - start) // torch.empty((), dtype=dtype).element_size()
+        if count == 0:
+            return torch.empty(info["shape"], dtype=dtype)
+        return torch.frombuffer(self.map, dtype=dtype, count=count, offset=self.base + start).view(info["shape"])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False  # the mapping lives as long as the tensors viewing it
+
+
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                config: QwenVLConfig | None = None) -> QwenVL:
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a directory (expected a Hugging Face checkpoint folder)")
@@ -84,7 +121,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
         by_file.setdefault(f, []).append(name)
     for f, names in by_file.items():
         try:
-            handle = safe_open(f, framework="pt", device="cpu")
+            handle = MappedSafetensors(f)
         except Exception as e:  # a truncated or foreign file
             raise ValueError(f"{f.name} is not a readable safetensors file: {e}") from None
         with handle:
@@ -131,15 +168,27 @@ def init_buffers(model: QwenVL, device) -> None:
         cfg.text.rope_theta ** (torch.arange(0, D, 2, dtype=torch.float, device=device) / D))
 
 
-def random_model(config: QwenVLConfig, dtype: torch.dtype = torch.float32, seed: int = 0) -> QwenVL:
-    """A model with random weights (benchmarks, tests): small normal init like the reference's 0.02."""
+def random_model(config: QwenVLConfig, dtype: torch.dtype = torch.float32, seed: int = 0,
+                 device: str | torch.device = "cpu") -> QwenVL:
+    """A model with random weights (benchmarks, tests): small normal init like the reference's 0.02,
+    norms at one, biases at zero. Built on the meta device and allocated once in `dtype`, so a 3B model in
+    bfloat16 never holds a float32 copy (peak memory = the weights' bytes)."""
     torch.manual_seed(seed)
-    model = QwenVL(config)
+    with torch.device("meta"):
+        model = QwenVL(config)
+    model = model.to(dtype).to_empty(device=device)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim >= 2:
                 p.normal_(0, 0.02)
-    return model.to(dtype).eval()
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.fill_(1.0)
+    if config.text.tie_word_embeddings:
+        model.lm_head.weight = model.language_model.embed_tokens.weight
+    init_buffers(model, device)
+    return model.eval()
 
 
 def save_model(model: QwenVL, path: str | Path, max_shard_bytes: int = 2 * 1024**3) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks: `qwenvl bench` (inference, this project against transformers on the same weights)."""

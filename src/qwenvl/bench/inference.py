@@ -1,0 +1,570 @@
+"""Inference benchmark: this project and transformers side by side on the same weights and inputs.
+
+One request = a prompt with one image (random pixels of the requested size, its grid as the processor
+would compute it). Measured for each implementation, one after the other in this process (the first is
+freed before the second loads):
+- vision tower time (ours: the engine's timing of the tower inside the request; transformers: a forward
+  hook on `model.visual` during `generate`), and per video size/frame count when asked;
+- time to first token (tower + prefill + first token), decode tokens/s (greedy, EOS ignored);
+- peak RSS while the implementation was loaded and ran.
+Also: peak RSS of loading alone (a subprocess), the machine's ceilings, and for `--quantize int8` the
+int8 decode speed, top-1 agreement and logits error against the floating-point model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import PRESETS, QwenVLConfig
+from ..model.layers import compute_dtype
+from . import ceilings
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+class PeakRSS:
+    """Samples this process's RSS in a thread; `peak` since the last reset."""
+
+    def __init__(self, interval: float = 0.02):
+        import psutil
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = self.now()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def now(self) -> int:
+        return self.proc.memory_info().rss
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.now())
+
+    def reset(self) -> None:
+        self.peak = self.now()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def smart_grid(width: int, height: int, factor: int = 28, patch: int = 14) -> tuple[int, int]:
+    """(grid_h, grid_w) in patches for an image resized like the Qwen processor (rounded to 28 px)."""
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    return h // patch, w // patch
+
+
+def parse_size(s: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in s.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size {s!r} is not WIDTHxHEIGHT (e.g. 1280x720)") from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f"size {s!r} must be positive")
+    return w, h
+
+
+def tiny_preset() -> QwenVLConfig:
+    from ..tiny import build_tokenizer, tiny_config, token_ids
+    tok = build_tokenizer()
+    return tiny_config(token_ids(tok), vocab_size=tok.get_vocab_size() + 6)
+
+
+def preset_config(name: str, vision_depth: int | None = None, text_layers: int | None = None) -> QwenVLConfig:
+    if name == "tiny":
+        cfg = tiny_preset()
+    elif name in PRESETS:
+        cfg = PRESETS[name]
+    else:
+        raise ValueError(f"unknown preset {name!r}: choose from tiny, {', '.join(PRESETS)}")
+    return truncate(cfg, vision_depth, text_layers)
+
+
+def truncate(cfg: QwenVLConfig, vision_depth: int | None, text_layers: int | None) -> QwenVLConfig:
+    """Fewer layers of the same shapes (for quick iterations); keeps at least one full-attention block."""
+    v, t = cfg.vision, cfg.text
+    if vision_depth:
+        full = tuple(i for i in v.fullatt_block_indexes if i < vision_depth) or (vision_depth - 1,)
+        v = dataclasses.replace(v, depth=vision_depth, fullatt_block_indexes=full)
+    if text_layers:
+        t = dataclasses.replace(t, num_hidden_layers=text_layers)
+    return dataclasses.replace(cfg, vision=v, text=t)
+
+
+def vision_flops(cfg: QwenVLConfig, grid: tuple[int, int, int]) -> float:
+    """Multiply-adds x 2 of the tower for one item: linear layers plus window / full attention."""
+    from ..model.vision import vision_layout
+    v = cfg.vision
+    E, I, n = v.hidden_size, v.intermediate_size, grid[0] * grid[1] * grid[2]
+    linear = 2 * n * (v.in_channels * v.temporal_patch_size * v.patch_size ** 2 * E
+                      + v.depth * (3 * E * E + E * E + 3 * E * I))
+    linear += 2 * (n // v.merge_unit) * (v.merge_unit * E) * (v.merge_unit * E + v.out_hidden_size)
+    layout = vision_layout((tuple(grid),), v.spatial_merge_size, v.window_size // v.spatial_merge_size // v.patch_size)
+    win = sum(g.shape[0] * g.shape[1] ** 2 for g in layout.windows.groups)
+    full = sum(g.shape[0] * g.shape[1] ** 2 for g in layout.frames.groups)
+    n_full = len(v.fullatt_block_indexes)
+    attn = 4 * E * ((v.depth - n_full) * win + n_full * full)
+    return float(linear + attn)
+
+
+def prefill_flops(cfg: QwenVLConfig, L: int) -> float:
+    t = cfg.text
+    E, D = t.hidden_size, t.head_dim
+    per_layer = E * t.num_attention_heads * D * 2 + 2 * E * t.num_key_value_heads * D + 3 * E * t.intermediate_size
+    return float(2 * L * t.num_hidden_layers * per_layer + 2 * t.num_hidden_layers * L * L * t.num_attention_heads * D
+                 + 2 * E * t.vocab_size)
+
+
+def decode_bytes(model: nn.Module) -> int:
+    """Bytes read per decoded token: the decoder's and the LM head's weights (not the embedding table)."""
+    total, seen = 0, set()
+    for mod in (model.language_model.layers, model.language_model.norm, model.lm_head):
+        for t in list(mod.parameters()) + list(mod.buffers()):
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    return total
+
+
+def weight_bytes(model: nn.Module) -> int:
+    from ..engine.quantize import weight_bytes as wb
+    return wb(model)
+
+
+def sync(device: torch.device) -> None:
+    ceilings.sync(device)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+@dataclasses.dataclass
+class Request:
+    prompt_ids: list[int]
+    pixel_values: torch.Tensor
+    grid: torch.Tensor  # [1, 3]
+
+
+def make_request(cfg: QwenVLConfig, grid: tuple[int, int, int], seed: int = 0, n_text: int = 16) -> Request:
+    g = torch.Generator().manual_seed(seed)
+    v = cfg.vision
+    n = grid[0] * grid[1] * grid[2]
+    pixels = torch.randn(n, v.in_channels * v.temporal_patch_size * v.patch_size ** 2, generator=g)
+    text_vocab = min(cfg.text.vocab_size, 151643, min(cfg.vision_start_token_id, cfg.image_token_id))
+    words = torch.randint(0, text_vocab, (n_text,), generator=g).tolist()
+    half = n_text // 2
+    ids = (words[:half] + [cfg.vision_start_token_id] + [cfg.image_token_id] * (n // v.merge_unit)
+           + [cfg.vision_end_token_id] + words[half:])
+    return Request(ids, pixels, torch.tensor([list(grid)]))
+
+
+# ------------------------------------------------------------------------------------------ ours
+
+def run_ours(model, cfg: QwenVLConfig, req: Request, args, device: torch.device, progress) -> dict:
+    from ..engine.engine import Engine, Sequence
+    from ..engine.sampling import SamplingParams
+
+    out: dict = {}
+    L = len(req.prompt_ids)
+    warm = make_request(cfg, (1, 8, 8), seed=1)
+    engine = Engine(model, max_batch=1, max_len=max(L, len(warm.prompt_ids)) + args.decode_tokens + 8)
+
+    def request(r: Request, n_new: int):
+        seq = Sequence(prompt_ids=r.prompt_ids, params=SamplingParams(max_new_tokens=n_new, temperature=0,
+                                                                      ignore_eos=True),
+                       media={"pixel_values": r.pixel_values.to(device), "image_grid_thw": r.grid})
+        t0 = time.perf_counter()
+        engine.add(seq)
+        sync(device)
+        ttft = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        steps = 0
+        while not seq.finished:
+            engine.step()
+            steps += 1
+        sync(device)
+        dt = time.perf_counter() - t1
+        engine.release(seq)
+        return seq, ttft, steps, dt
+
+    progress("ours: warm-up")
+    request(warm, 3)
+    progress(f"ours: one request ({L} prompt tokens, grid {req.grid[0].tolist()}), then {args.decode_tokens} tokens")
+    seq, ttft, steps, dt = request(req, args.decode_tokens + 1)
+    out["vision_s"] = seq.timings["vision_s"]
+    out["ttft_s"] = ttft
+    out["decode_tok_s"] = steps / dt if steps else None
+    out["tokens"] = seq.output_ids
+    return out
+
+
+def time_tower(visual, pixels: torch.Tensor, grid: torch.Tensor, device: torch.device) -> float:
+    with torch.inference_mode():
+        sync(device)
+        t0 = time.perf_counter()
+        visual(pixels, grid)
+        sync(device)
+        return time.perf_counter() - t0
+
+
+def video_times(visual, cfg: QwenVLConfig, frames: list[int], size: tuple[int, int], device, dtype, progress,
+                label: str) -> list[dict]:
+    gh, gw = smart_grid(*size)
+    rows = []
+    for n in frames:
+        t = max(1, n // cfg.vision.temporal_patch_size)
+        grid = (t, gh, gw)
+        g = torch.Generator().manual_seed(n)
+        pixels = torch.randn(t * gh * gw, 1176 if cfg.vision.patch_size == 14 else
+                             cfg.vision.in_channels * cfg.vision.temporal_patch_size * cfg.vision.patch_size ** 2,
+                             generator=g).to(device, dtype)
+        progress(f"{label}: video tower, {n} frames of {size[0]}x{size[1]} (grid {grid})")
+        s = time_tower(visual, pixels, torch.tensor([list(grid)]), device)
+        rows.append({"frames": n, "grid": list(grid), "s": s, "s_per_frame": s / n})
+    return rows
+
+
+def int8_eval(model, cfg: QwenVLConfig, args, device, progress) -> dict:
+    """Decode speed of the floating-point model and of its int8 copy on one short text prompt, and the
+    int8 model's logits against the floating-point ones, teacher-forced on the float model's greedy tokens."""
+    from ..engine.engine import Engine, Sequence
+    from ..engine.quantize import quantize_int8
+    from ..engine.sampling import SamplingParams
+
+    g = torch.Generator().manual_seed(7)
+    text_vocab = min(cfg.text.vocab_size, 151643)
+    prompt = torch.randint(0, text_vocab, (32,), generator=g).tolist()
+    n = args.decode_tokens
+
+    def decode(label):
+        engine = Engine(model, max_batch=1, max_len=len(prompt) + n + 8)
+        seq = Sequence(prompt_ids=prompt, params=SamplingParams(max_new_tokens=n + 1, temperature=0, ignore_eos=True))
+        progress(f"int8: {label} decode, {n} tokens")
+        engine.add(seq)
+        sync(device)
+        t0 = time.perf_counter()
+        steps = 0
+        while not seq.finished:
+            engine.step()
+            steps += 1
+        sync(device)
+        return seq.output_ids, steps / (time.perf_counter() - t0)
+
+    def logits(ids):
+        with torch.inference_mode():
+            return model(torch.tensor([ids], device=device)).logits[0].float()
+
+    ref_tokens, ref_speed = decode("floating-point")
+    ids = prompt + ref_tokens[:-1]
+    ref = logits(ids)
+    quantize_int8(model, include=("language_model", "lm_head") + (("visual",) if args.quantize_vision else ()))
+    gc.collect()
+    tokens, speed = decode("int8")
+    q = logits(ids)
+    span = slice(len(prompt) - 1, None)  # the positions that predicted the generated tokens
+    return {
+        "decode_tok_s_float": ref_speed,
+        "decode_tok_s_int8": speed,
+        "speedup": speed / ref_speed,
+        "top1_agreement": float((q[span].argmax(-1) == ref[span].argmax(-1)).float().mean()),
+        "logits_rel_err": float((q - ref).norm() / ref.norm()),
+        "logits_max_abs_err": float((q - ref).abs().max()),
+        "greedy_tokens_equal": sum(a == b for a, b in zip(tokens, ref_tokens)),
+        "weight_bytes_int8": weight_bytes(model),
+        "decode_bytes_per_token_int8": decode_bytes(model),
+    }
+
+
+# ------------------------------------------------------------------------------------------ transformers
+
+def run_reference(path: Path, cfg: QwenVLConfig, req: Request, args, dtype, device, progress) -> dict:
+    import transformers
+
+    progress("transformers: loading")
+    hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        path, torch_dtype=dtype, attn_implementation="sdpa").to(device).eval()
+    out: dict = {}
+    tower = {}
+
+    def pre(_m, _a):
+        sync(device)
+        tower["t0"] = time.perf_counter()
+
+    def post(_m, _a, _o):
+        sync(device)
+        tower["s"] = time.perf_counter() - tower["t0"]
+
+    h1 = hf.visual.register_forward_pre_hook(pre)
+    h2 = hf.visual.register_forward_hook(post)
+
+    class Stamps(transformers.LogitsProcessor):
+        def __init__(self):
+            self.t = []
+
+        def __call__(self, input_ids, scores):
+            sync(device)
+            self.t.append(time.perf_counter())
+            return scores
+
+    def generate(r: Request, n_new: int):
+        ids = torch.tensor([r.prompt_ids], device=device)
+        stamps = Stamps()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            seq = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                              pixel_values=r.pixel_values.to(device, dtype), image_grid_thw=r.grid.to(device),
+                              max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                              logits_processor=transformers.LogitsProcessorList([stamps]),
+                              pad_token_id=0, eos_token_id=None)
+        return seq[0, ids.shape[1]:].tolist(), t0, stamps.t
+
+    progress("transformers: warm-up")
+    generate(make_request(cfg, (1, 8, 8), seed=1), 3)
+    progress(f"transformers: one request ({len(req.prompt_ids)} prompt tokens), then {args.decode_tokens} tokens "
+             "(this is the slow part)")
+    tokens, t0, stamps = generate(req, args.decode_tokens + 1)
+    out["vision_s"] = tower["s"]
+    out["ttft_s"] = stamps[0] - t0
+    out["decode_tok_s"] = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else None
+    out["tokens"] = tokens
+    if args.video_frames:
+        out["video"] = video_times(hf.visual, cfg, args.video_frames, parse_size(args.video_size), device, dtype,
+                                   progress, "transformers")
+    h1.remove()
+    h2.remove()
+    del hf
+    gc.collect()
+    return out
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+LOAD_PROBE = r"""
+import json, sys, torch
+from qwenvl.bench.inference import PeakRSS
+from qwenvl.model.weights import load_model
+from qwenvl.engine.quantize import weight_bytes
+rss = PeakRSS(0.005)
+base = rss.now()
+m = load_model(sys.argv[1], dtype=getattr(torch, sys.argv[2]))
+after = rss.now()
+with torch.no_grad():  # fault every (memory-mapped) weight page in, as the first forward would
+    for p in m.parameters():
+        p.sum()
+touched = rss.now()
+rss.stop()
+print(json.dumps({"base_rss": base, "rss_after_load": after, "rss_after_touch": touched,
+                  "peak_rss": max(rss.peak, touched), "weight_bytes": weight_bytes(m)}))
+"""
+
+
+def load_probe(path: Path, dtype: torch.dtype) -> dict:
+    """Peak RSS of `load_model` alone, in a fresh process (CPU), sampled (ru_maxrss would include the
+    parent's memory at fork), including faulting every memory-mapped weight in. Ratios are over the
+    weights' bytes, above the process's RSS before loading."""
+    name = str(dtype).removeprefix("torch.")
+    r = subprocess.run([sys.executable, "-c", LOAD_PROBE, str(path), name], capture_output=True, text=True)
+    if r.returncode:
+        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    d["peak_over_weights"] = (d["peak_rss"] - d["base_rss"]) / d["weight_bytes"]
+    d["rss_after_over_weights"] = (d["rss_after_load"] - d["base_rss"]) / d["weight_bytes"]
+    d["rss_touched_over_weights"] = (d["rss_after_touch"] - d["base_rss"]) / d["weight_bytes"]
+    return d
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+def have_transformers() -> bool:
+    try:
+        import transformers  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def ratio(a, b):
+    return None if not a or not b else a / b
+
+
+def run(args, progress=lambda msg: None) -> dict:
+    from ..model.weights import load_model, random_model, save_model
+
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    width, height = parse_size(args.image_size)
+    gh, gw = smart_grid(width, height)
+    grid = (1, gh, gw)
+    rss = PeakRSS()
+    result: dict = {"command": "qwenvl bench " + " ".join(getattr(args, "argv", []) or []),
+                    "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+                    "compute_dtype": str(compute_dtype(dtype, device)).removeprefix("torch."),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "image_size": [width, height], "grid": list(grid), "decode_tokens": args.decode_tokens}
+    want_ref = not args.skip_reference and have_transformers()
+    if not args.skip_reference and not want_ref:
+        result["reference_skipped"] = "transformers is not installed"
+
+    if not args.skip_ceilings:
+        result["ceilings"] = ceilings.measure(device, progress)
+
+    tmp = None
+    try:
+        if args.model:
+            path = Path(args.model)
+            cfg = truncate(QwenVLConfig.from_file(path), args.vision_depth, args.text_layers)
+            if args.vision_depth or args.text_layers:
+                raise ValueError("--vision-depth/--text-layers apply to --preset only")
+        else:
+            cfg = preset_config(args.preset, args.vision_depth, args.text_layers)
+            tmp = tempfile.TemporaryDirectory(prefix="qwenvl-bench-", dir=args.tmp_dir)
+            path = Path(tmp.name)
+            progress(f"random {args.preset} weights -> {path}")
+            m = random_model(cfg, dtype)
+            save_model(m, path)
+            del m
+            gc.collect()
+        result["model"] = args.model or args.preset
+        result["config"] = {"vision_depth": cfg.vision.depth, "text_layers": cfg.text.num_hidden_layers,
+                            "text_hidden": cfg.text.hidden_size}
+        req = make_request(cfg, grid)
+        result["prompt_tokens"] = len(req.prompt_ids)
+        flops_v = vision_flops(cfg, grid)
+        flops_p = prefill_flops(cfg, len(req.prompt_ids))
+        result["vision_tflop"] = flops_v / 1e12
+        result["prefill_tflop"] = flops_p / 1e12
+
+        if device.type == "cpu" and not args.skip_load_probe:
+            progress("peak RSS of loading (subprocess)")
+            result["load"] = load_probe(path, dtype)
+
+        # ---- ours
+        progress("ours: loading")
+        rss.reset()
+        model = load_model(path, dtype=dtype, device=device)
+        result["weight_bytes"] = weight_bytes(model)
+        ours = run_ours(model, cfg, req, args, device, progress)
+        ours["decode_bytes_per_token"] = decode_bytes(model)
+        if args.video_frames:
+            ours["video"] = video_times(model.visual, cfg, args.video_frames, parse_size(args.video_size), device,
+                                        dtype, progress, "ours")
+        if args.quantize == "int8":
+            ours["int8"] = int8_eval(model, cfg, args, device, progress)
+        ours["peak_rss"] = rss.peak
+        del model
+        gc.collect()
+        result["ours"] = ours
+
+        # ---- transformers
+        if want_ref:
+            rss.reset()
+            ref = run_reference(path, cfg, req, args, dtype, device, progress)
+            ref["peak_rss"] = rss.peak
+            result["transformers"] = ref
+    finally:
+        rss.stop()
+        if tmp is not None:
+            tmp.cleanup()
+
+    summarize(result, flops_v, flops_p)
+    return result
+
+
+def summarize(r: dict, flops_v: float, flops_p: float) -> None:
+    """Ratios: x faster than transformers, % of the machine's ceilings."""
+    ours, ref, ceil = r["ours"], r.get("transformers"), r.get("ceilings", {})
+    s: dict = {}
+    s["vision_tflops_per_s"] = flops_v / ours["vision_s"] / 1e12
+    s["ttft_tflops_per_s"] = (flops_v + flops_p) / ours["ttft_s"] / 1e12
+    if ours.get("decode_tok_s"):
+        s["decode_gb_s"] = ours["decode_bytes_per_token"] * ours["decode_tok_s"] / 1e9
+    if ceil:
+        bf16 = ceil["bf16_matmul_gflops"] * 1e9
+        best = max(bf16, ceil["fp32_matmul_gflops"] * 1e9)
+        s["vision_pct_of_bf16_matmul"] = 100 * flops_v / ours["vision_s"] / bf16
+        s["vision_pct_of_best_matmul"] = 100 * flops_v / ours["vision_s"] / best
+        s["ttft_pct_of_best_matmul"] = 100 * (flops_v + flops_p) / ours["ttft_s"] / best
+        if "decode_gb_s" in s:
+            key = {"bfloat16": "bf16_matvec_gbs", "float16": "bf16_matvec_gbs"}.get(r["dtype"], "fp32_matvec_gbs")
+            s["decode_pct_of_matvec"] = 100 * s["decode_gb_s"] / ceil[key]
+    if ref:
+        s["vision_x_faster"] = ratio(ref["vision_s"], ours["vision_s"])
+        s["ttft_x_faster"] = ratio(ref["ttft_s"], ours["ttft_s"])
+        s["decode_x_faster"] = ratio(ours.get("decode_tok_s"), ref.get("decode_tok_s"))
+        s["peak_rss_ratio"] = ratio(ours["peak_rss"], ref["peak_rss"])
+        n = min(len(ours["tokens"]), len(ref["tokens"]))
+        s["greedy_tokens_equal"] = f"{sum(a == b for a, b in zip(ours['tokens'], ref['tokens']))}/{n}"
+        if ours.get("video") and ref.get("video"):
+            s["video_x_faster"] = [ratio(b["s"], a["s"]) for a, b in zip(ours["video"], ref["video"])]
+    if ours.get("video"):
+        per = [v["s_per_frame"] for v in ours["video"]]
+        s["video_per_frame_spread"] = max(per) / min(per)
+    if "int8" in ours:
+        s["int8_decode_x_float"] = ours["int8"]["speedup"]
+        if ceil and ceil.get("int8_matvec_gbs"):
+            s["int8_decode_pct_of_int8_matvec"] = (100 * ours["int8"]["decode_bytes_per_token_int8"]
+                                                   * ours["int8"]["decode_tok_s_int8"] / 1e9 / ceil["int8_matvec_gbs"])
+    load = r.get("load")
+    if load and "peak_over_weights" in load:
+        s["load_peak_rss_over_weights"] = load["peak_over_weights"]
+    r["summary"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items()}
+
+
+def _fmt_bytes(n):
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def format_table(r: dict) -> str:
+    """Human-readable report."""
+    s, ours, ref, ceil = r["summary"], r["ours"], r.get("transformers"), r.get("ceilings", {})
+    lines = [f"qwenvl bench: {r['model']} ({r['config']['vision_depth']} vision / {r['config']['text_layers']} text "
+             f"layers), {r['dtype']} weights, {r['compute_dtype']} compute, {r['device']}, {r['threads']} threads",
+             f"image {r['image_size'][0]}x{r['image_size'][1]} -> grid {r['grid']}, {r['prompt_tokens']} prompt tokens; "
+             f"tower {r['vision_tflop']:.2f} TFLOP, prefill {r['prefill_tflop']:.2f} TFLOP", ""]
+    if ceil:
+        lines.append("ceilings: " + ", ".join(f"{k} {v}" for k, v in ceil.items()))
+    lines.append(f"{'':24}{'ours':>12}{'transformers':>14}{'x faster':>10}")
+
+    def row(name, a, b, x, unit, fmt="{:.2f}"):
+        bs = (fmt.format(b) + unit) if b is not None else "-"
+        xs = f"{x:.2f}x" if x else "-"
+        lines.append(f"{name:24}{fmt.format(a) + unit:>12}{bs:>14}{xs:>10}")
+
+    row("vision tower", ours["vision_s"], ref and ref["vision_s"], s.get("vision_x_faster"), " s")
+    row("time to first token", ours["ttft_s"], ref and ref["ttft_s"], s.get("ttft_x_faster"), " s")
+    if ours.get("decode_tok_s"):
+        row("decode", ours["decode_tok_s"], ref and ref.get("decode_tok_s"), s.get("decode_x_faster"), " t/s")
+    lines.append(f"{'peak RSS':24}{_fmt_bytes(ours['peak_rss']):>12}"
+                 f"{_fmt_bytes(ref['peak_rss']) if ref else '-':>14}")
+    for k in ("vision_pct_of_bf16_matmul", "vision_pct_of_best_matmul", "ttft_pct_of_best_matmul",
+              "decode_gb_s", "decode_pct_of_matvec", "load_peak_rss_over_weights", "greedy_tokens_equal",
+              "video_per_frame_spread", "int8_decode_x_float", "int8_decode_pct_of_int8_matvec"):
+        if k in s:
+            lines.append(f"  {k}: {s[k]}")
+    for v in ours.get("video", []):
+        lines.append(f"  video ours {v['frames']} frames: {v['s']:.2f} s ({v['s_per_frame'] * 1e3:.1f} ms/frame)")
+    if "int8" in ours:
+        q = ours["int8"]
+        lines.append(f"  int8: {q['decode_tok_s_int8']:.2f} t/s vs {q['decode_tok_s_float']:.2f} t/s float "
+                     f"({q['speedup']:.2f}x), top-1 agreement {q['top1_agreement']:.3f}, "
+                     f"logits rel err {q['logits_rel_err']:.4f}")
+    return "\n".join(lines)

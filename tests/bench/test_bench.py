@@ -1,0 +1,45 @@
+"""Smoke test of `qwenvl bench` (no timing assertions) and of its FLOP/shape helpers."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from qwenvl.bench.inference import make_request, preset_config, smart_grid, vision_flops
+from qwenvl.cli.main import main
+
+
+def test_bench_tiny_json(capsys):
+    rc = main(["bench", "--preset", "tiny", "--json", "--skip-reference", "--image-size", "112x84",
+               "--decode-tokens", "3", "--quantize", "int8", "--video-frames", "2,4", "--video-size", "56x56"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    r = json.loads(captured.out)
+    assert "[bench" in captured.err  # the progress display
+    assert r["grid"] == [1, 6, 8] and "transformers" not in r
+    ours = r["ours"]
+    for key in ("vision_s", "ttft_s", "decode_tok_s", "peak_rss"):
+        assert ours[key] > 0
+    assert len(ours["tokens"]) == 4
+    assert [v["frames"] for v in ours["video"]] == [2, 4]
+    assert set(r["ceilings"]) >= {"bf16_matmul_gflops", "fp32_matmul_gflops", "bf16_matvec_gbs"}
+    q = ours["int8"]
+    assert 0 <= q["top1_agreement"] <= 1 and q["logits_rel_err"] < 0.1
+    assert r["load"]["weight_bytes"] == r["weight_bytes"]
+    assert "vision_pct_of_bf16_matmul" in r["summary"]
+
+
+def test_grid_and_request():
+    assert smart_grid(1280, 720) == (52, 92)  # the issue's 1x52x92, 1196 LLM tokens
+    cfg = preset_config("3b")
+    req = make_request(cfg, (1, 52, 92))
+    assert req.prompt_ids.count(cfg.image_token_id) == 1196
+    assert req.pixel_values.shape == (4784, 1176)
+    assert 5.5e12 < vision_flops(cfg, (1, 52, 92)) < 7e12  # "~6 TFLOP"
+
+
+def test_truncated_preset_keeps_a_full_attention_block():
+    cfg = preset_config("3b", vision_depth=4, text_layers=2)
+    assert cfg.vision.depth == 4 and cfg.vision.fullatt_block_indexes == (3,)
+    assert cfg.text.num_hidden_layers == 2

@@ -1,0 +1,159 @@
+"""Each fast path computes what the plain reference path computes.
+
+- window attention batched by window length == one attention call per window (a Python loop);
+- mixed precision (bf16 weights, float32 activations) == the same bf16 weights upcast to a float32 model;
+- weight-only int8 == dequantized weights in a float Linear, and the whole model within a stated tolerance;
+- memory-mapped loading == safetensors' reader.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qwenvl.engine.quantize import Int8Linear, quantize_int8, quantize_weight
+from qwenvl.model import layers
+from qwenvl.model.layers import Linear
+from qwenvl.model.vision import Segments, segment_attention, vision_layout
+from qwenvl.tiny import build_tokenizer, tiny_config, token_ids
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    tok = build_tokenizer()
+    return tiny_config(token_ids(tok), vocab_size=tok.get_vocab_size() + 6)
+
+
+def per_window_attention(q, k, v, lengths):
+    out, start = [], 0
+    for n in lengths:
+        s = slice(start, start + n)
+        o = F.scaled_dot_product_attention(q[s].transpose(0, 1), k[s].transpose(0, 1), v[s].transpose(0, 1))
+        out.append(o.transpose(0, 1))
+        start += n
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("grid", [(1, 10, 14), (2, 16, 22), (1, 36, 8)])
+def test_batched_windows_equal_per_window_loop(grid):
+    layout = vision_layout((grid,), 2, 4)
+    lengths = []
+    for g in layout.windows.groups:  # reconstruct the window lengths in sequence order
+        lengths += [(int(row[0]), g.shape[1]) for row in g]
+    lengths = [n for _, n in sorted(lengths)]
+    N = grid[0] * grid[1] * grid[2]
+    assert sum(lengths) == N and len(set(lengths)) > 1  # edge windows of other sizes are covered
+    q, k, v = (torch.randn(N, 4, 16) for _ in range(3))
+    ref = per_window_attention(q, k, v, lengths)
+    assert torch.allclose(segment_attention(q, k, v, layout.windows), ref, atol=1e-5)
+    frames = per_window_attention(q, k, v, [grid[1] * grid[2]] * grid[0])
+    assert torch.allclose(segment_attention(q, k, v, layout.frames), frames, atol=1e-5)
+
+
+def test_segments_from_lengths():
+    s = Segments.from_lengths([3, 2, 3])
+    assert [g.tolist() for g in s.groups] == [[[0, 1, 2], [5, 6, 7]], [[3, 4]]]
+
+
+def test_mixed_precision_linear_equals_upcast_weights():
+    lin = Linear(32, 24).to(torch.bfloat16)
+    ref = torch.nn.Linear(32, 24)
+    ref.load_state_dict({k: v.float() for k, v in lin.state_dict().items()})
+    for rows in (1, 40):  # below and above UPCAST_MIN_ROWS
+        x = torch.randn(rows, 32)
+        got = lin(x)
+        assert got.dtype == torch.float32
+        if rows >= layers.UPCAST_MIN_ROWS:
+            assert torch.allclose(got, ref(x), atol=1e-5)
+        else:  # the input is rounded to bf16 for the matrix-vector product
+            assert torch.allclose(got, ref(x.bfloat16().float()), atol=2e-2)
+
+
+def test_mixed_precision_model_equals_float32_copy(cfg, monkeypatch):
+    """Force the CPU-without-bf16 policy: a bf16 model computing in float32 == its float32 copy (tower exactly,
+    decoder up to the bf16 KV cache and the bf16 rounding of the tower's output)."""
+    from qwenvl.model.weights import random_model
+    monkeypatch.setattr(layers, "compute_dtype", lambda dtype, device: torch.float32)
+    import qwenvl.model.text as text
+    import qwenvl.model.vision as vision
+    monkeypatch.setattr(text, "compute_dtype", lambda dtype, device: torch.float32)
+    monkeypatch.setattr(vision, "compute_dtype", lambda dtype, device: torch.float32)
+    m16 = random_model(cfg, torch.bfloat16, seed=3)
+    m32 = copy.deepcopy(m16).float()
+    grid = torch.tensor([[1, 8, 12]])
+    px = torch.randn(96, 1176)
+    with torch.no_grad():
+        a, b = m16.visual(px, grid).float(), m32.visual(px, grid)
+        assert float((a - b).norm() / b.norm()) < 1e-2  # the output is returned in bf16
+        ids = torch.randint(0, 500, (1, 20))
+        la, lb = m16(ids).logits, m32(ids).logits
+    assert la.dtype == torch.float32
+    assert float((la - lb).norm() / lb.norm()) < 1e-5
+
+
+def test_compute_dtype_policy():
+    assert layers.compute_dtype(torch.float32, "cpu") == torch.float32
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert layers.compute_dtype(torch.bfloat16, "cpu") == (torch.bfloat16 if native else torch.float32)
+
+
+def test_int8_linear_equals_dequantized_weights():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48).to(torch.bfloat16)
+    q, s = quantize_weight(lin.weight)
+    assert q.dtype == torch.int8 and int(q.abs().max()) <= 127
+    deq = q.float() * s[:, None]
+    assert float((deq - lin.weight.detach().float()).abs().max()) <= float(s.max()) / 2 + 1e-6  # half a step per channel
+    layer = Int8Linear.from_linear(lin)
+    for rows, dtype in ((1, torch.bfloat16), (3, torch.float32), (40, torch.float32), (40, torch.bfloat16)):
+        x = torch.randn(rows, 64).to(dtype)
+        ref = F.linear(x.float(), deq, lin.bias.detach().float())
+        got = layer(x)
+        assert got.dtype == dtype and got.shape == (rows, 48)
+        assert float((got.float() - ref).norm() / ref.norm()) < 2e-2  # bf16 rounding of input/output
+
+
+def test_quantized_model_within_tolerance(cfg):
+    """The tolerance `qwenvl bench --quantize int8` reports on: logits of the int8 decoder vs float."""
+    from qwenvl.model.weights import random_model
+    model = random_model(cfg, torch.float32, seed=5)
+    ids = torch.randint(0, 500, (1, 24))
+    with torch.no_grad():
+        ref = model(ids).logits
+        quantize_int8(model, include=("language_model", "lm_head", "visual"))
+        got = model(ids).logits
+    n_int8 = sum(isinstance(m, Int8Linear) for m in model.modules())
+    assert n_int8 == cfg.text.num_hidden_layers * 7 + 1 + cfg.vision.depth * 5 + 3
+    assert not any(type(m) in (torch.nn.Linear, Linear) for m in model.modules())
+    assert float((got - ref).norm() / ref.norm()) < 0.02
+    assert float((got.argmax(-1) == ref.argmax(-1)).float().mean()) >= 0.9
+
+
+def test_engine_runs_quantized(cfg):
+    from qwenvl.engine.engine import Engine, Sequence
+    from qwenvl.engine.sampling import SamplingParams
+    from qwenvl.model.weights import random_model
+    model = quantize_int8(random_model(cfg, torch.bfloat16, seed=2))
+    engine = Engine(model, max_batch=2, max_len=64)
+    seq = Sequence(prompt_ids=list(range(10)), params=SamplingParams(max_new_tokens=4, temperature=0, ignore_eos=True))
+    engine.add(seq)
+    while not seq.finished:
+        engine.step()
+    assert len(seq.output_ids) == 4
+
+
+def test_mapped_loading_equals_safetensors(cfg, tmp_path):
+    from safetensors.torch import load_file
+    from qwenvl.model.weights import MappedSafetensors, random_model, save_model
+    save_model(random_model(cfg, torch.bfloat16), tmp_path, max_shard_bytes=50_000)
+    files = sorted(tmp_path.glob("*.safetensors"))
+    assert len(files) > 1
+    for f in files:
+        ref = load_file(f)
+        mapped = MappedSafetensors(f)
+        assert set(mapped.keys()) == set(ref)
+        for k, t in ref.items():
+            assert torch.equal(mapped.get_tensor(k), t), k
