@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import qwenvl
-from conftest import load_hf
+from hf_reference import load_hf
 
 
 def image(w, h, seed=0):

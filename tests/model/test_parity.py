@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import load_hf
+from hf_reference import load_hf
 from qwenvl.model.rope import mrope_positions
 from qwenvl.model.weights import load_model
 
