@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import socket
 import torch
 
 from qwenvl.model.weights import load_model
@@ -23,7 +24,7 @@ def test_two_processes_match_one(tiny_ckpt, sft_data, tmp_path):
     from qwenvl.cli.main import main
     assert main(common + ["--out", str(tmp_path / "one"), "--grad-accum", "2"]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "qwenvl.cli.main", *common, "--out", str(tmp_path / "two"), "--save-every", "2"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -32,3 +33,10 @@ def test_two_processes_match_one(tiny_ckpt, sft_data, tmp_path):
     a, b = load_model(tmp_path / "one" / "final"), load_model(tmp_path / "two" / "final")
     for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5, msg=n)
+
+
+def free_port() -> int:
+    """A port nobody listens on now: a fixed one collides with another run (or its TIME_WAIT)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
