@@ -232,3 +232,11 @@ def test_bfloat16_close_to_float32(tiny_ckpt, hf_tiny, ours):
         out = bf(**batch).logits.float()
     assert bf.lm_head.weight.dtype == torch.bfloat16
     assert rel_err(out, ref) < 0.05
+
+
+def test_layout_cached_under_inference_mode_is_usable_for_training():
+    """Generation fills the layout cache under inference_mode; a later training step reuses it."""
+    from qwenvl.model.vision import vision_layout
+    with torch.inference_mode():
+        layout = vision_layout(((1, 6, 10),), 2, 4)
+    assert not layout.window_index.is_inference() and not layout.windows.groups[0].is_inference()

@@ -53,9 +53,16 @@ class Layout:
     rope_hw: torch.Tensor        # [N, 2] (row, col) of each patch, in window order
 
 
-@lru_cache(maxsize=64)
 def vision_layout(grids: tuple[tuple[int, int, int], ...], merge: int, window: int) -> Layout:
     """`window` is the window side in merged units (window_size // merge // patch_size)."""
+    # The cached tensors outlive the call: build them as normal tensors even under inference_mode, or a
+    # later training step that reuses them fails ("inference tensors cannot be saved for backward").
+    with torch.inference_mode(False):
+        return _vision_layout(grids, merge, window)
+
+
+@lru_cache(maxsize=64)
+def _vision_layout(grids: tuple[tuple[int, int, int], ...], merge: int, window: int) -> Layout:
     window_index, window_lens, frame_lens, rope = [], [], [], []
     offset = 0
     for t, h, w in grids:
