@@ -100,3 +100,17 @@ def test_hub_id_without_network_says_so(tmp_path, monkeypatch):
 def test_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         qwenvl.load(tmp_path / "nope" / "deeper")
+
+
+def test_int8_pipeline_close_to_float(tiny_ckpt, pipe):
+    from qwenvl.engine.quantize import Int8Linear
+    q = qwenvl.load(tiny_ckpt, dtype="float32", quantize="int8")
+    assert isinstance(q.model.lm_head, Int8Linear)
+    msgs = [{"role": "user", "content": "hello there"}]
+    ids = pipe.processor(msgs)["input_ids"]
+    with torch.no_grad():
+        ref, got = pipe.model(ids).logits, q.model(ids).logits
+    assert float((got - ref).norm() / ref.norm()) < 0.02
+    assert q.chat(msgs, max_new_tokens=4, temperature=0).finish_reason == "length"
+    with pytest.raises(ValueError, match="quantize"):
+        qwenvl.load(tiny_ckpt, quantize="int4")

@@ -208,16 +208,28 @@ class TextTracker:
         return delta
 
 
-def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu", max_batch: int = 8) -> Pipeline:
-    """Load a Qwen2.5-VL checkpoint directory (or hub id) into a Pipeline."""
+def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu", max_batch: int = 8,
+         quantize: str | None = None) -> Pipeline:
+    """Load a Qwen2.5-VL checkpoint directory (or hub id) into a Pipeline.
+
+    The model is prepared for inference: the decoder's q/k/v and gate/up projections are fused
+    (model/fuse.py), and with quantize="int8" the decoder and LM head get weight-only int8
+    (engine/quantize.py). For training, load the model with `qwenvl.model.weights.load_model`."""
+    from .engine.quantize import quantize_int8
+    from .model.fuse import fuse_projections
     from .processing import Processor
+
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
 
     path = resolve_checkpoint(path)
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
-    model = load_model(path, dtype=dtype, device=device)
+    model = fuse_projections(load_model(path, dtype=dtype, device=device))
+    if quantize == "int8":
+        quantize_int8(model)
     processor = Processor.from_pretrained(path, max_length=model.config.text.max_position_embeddings)
     gen_path = path / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}

@@ -3,7 +3,9 @@
 - window attention batched by window length == one attention call per window (a Python loop);
 - mixed precision (bf16 weights, float32 activations) == the same bf16 weights upcast to a float32 model;
 - weight-only int8 == dequantized weights in a float Linear, and the whole model within a stated tolerance;
-- memory-mapped loading == safetensors' reader.
+- memory-mapped loading == safetensors' reader;
+- single-query (decode) attention == SDPA; decoding rows that are not consecutive cache slots == one by one;
+- fused q/k/v and gate/up projections == the separate ones (and save back to the original names).
 """
 
 from __future__ import annotations
@@ -147,7 +149,8 @@ def test_engine_runs_quantized(cfg):
 
 def test_mapped_loading_equals_safetensors(cfg, tmp_path):
     from safetensors.torch import load_file
-    from qwenvl.model.weights import MappedSafetensors, random_model, save_model
+    from qwenvl.model.mapped import MappedSafetensors
+    from qwenvl.model.weights import random_model, save_model
     save_model(random_model(cfg, torch.bfloat16), tmp_path, max_shard_bytes=50_000)
     files = sorted(tmp_path.glob("*.safetensors"))
     assert len(files) > 1
@@ -157,3 +160,93 @@ def test_mapped_loading_equals_safetensors(cfg, tmp_path):
         assert set(mapped.keys()) == set(ref)
         for k, t in ref.items():
             assert torch.equal(mapped.get_tensor(k), t), k
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (8, 2)])
+def test_single_query_attention_equals_sdpa(hq, hkv):
+    from qwenvl.model.text import attend
+    g = torch.Generator().manual_seed(0)
+    B, S, D = 3, 37, 16
+    q = torch.randn(B, hq, 1, D, generator=g)
+    k, v = torch.randn(B, hkv, S, D, generator=g), torch.randn(B, hkv, S, D, generator=g)
+    lengths = torch.tensor([37, 5, 20])
+    mask = torch.zeros(B, 1, 1, S).masked_fill_(torch.arange(S) >= lengths.view(-1, 1, 1, 1), torch.finfo(q.dtype).min)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=hq != hkv)
+    got = attend(q, k, v, mask)
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_decoding_scattered_cache_rows_equals_one_by_one(cfg):
+    """Rows 0 and 2 of a 3-slot cache (not a slice: index path) decode what each decodes alone."""
+    from qwenvl.engine.engine import Engine, Sequence
+    from qwenvl.engine.sampling import SamplingParams
+    from qwenvl.model.weights import random_model
+    model = random_model(cfg, torch.float32, seed=3)
+    prompts = [list(range(5, 17)), list(range(30, 37)), list(range(50, 70))]
+    params = SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True)
+
+    def alone(p):
+        engine = Engine(model, max_batch=1, max_len=64)
+        seq = Sequence(prompt_ids=p, params=params)
+        engine.add(seq)
+        while not seq.finished:
+            engine.step()
+        return seq.output_ids
+
+    engine = Engine(model, max_batch=3, max_len=64)
+    seqs = [Sequence(prompt_ids=p, params=params) for p in prompts]
+    for s in seqs:
+        engine.add(s)
+    engine.release(seqs[1])  # free the middle slot: rows 0 and 2 decode together
+    while not (seqs[0].finished and seqs[2].finished):
+        engine.step()
+    assert [seqs[0].output_ids, seqs[2].output_ids] == [alone(prompts[0]), alone(prompts[2])]
+
+
+def test_fused_projections_equal_separate(cfg, tmp_path):
+    from qwenvl.model.fuse import fuse_projections
+    from qwenvl.model.weights import load_model, random_model, save_model
+    ref = random_model(cfg, torch.float32, seed=4)
+    save_model(ref, tmp_path / "ref")
+    fused = fuse_projections(load_model(tmp_path / "ref"))
+    attn, mlp = fused.language_model.layers[0].self_attn, fused.language_model.layers[0].mlp
+    assert attn.qkv_proj is not None and mlp.gate_up_proj is not None
+    assert not hasattr(attn, "q_proj") and not hasattr(mlp, "up_proj")
+    ids = torch.randint(0, 500, (2, 19))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(ids).logits, ref(ids).logits, rtol=1e-5, atol=1e-5)
+    # int8 on top of fusion: one Int8Linear per fused group
+    quantize_int8(fused)
+    assert isinstance(fused.language_model.layers[0].self_attn.qkv_proj, Int8Linear)
+    # a fused model saves under the checkpoint's own names
+    save_model(fuse_projections(load_model(tmp_path / "ref")), tmp_path / "again")
+    again = load_model(tmp_path / "again")
+    for (k, a), (k2, b) in zip(sorted(ref.state_dict().items()), sorted(again.state_dict().items())):
+        assert k == k2 and torch.equal(a, b), k
+
+
+def rss_file_kb() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise RuntimeError("no RssFile in /proc/self/status")
+
+
+def test_release_pages_of_a_mapped_tensor(tmp_path):
+    """A released tensor's pages leave memory; its neighbours in the same file keep their values."""
+    from safetensors.torch import save_file
+    from qwenvl.model.mapped import MappedSafetensors, release_pages
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(3, 1000, generator=g), "big": torch.randn(2048, 1024, generator=g),
+               "b": torch.randn(7, 333, generator=g)}
+    save_file(tensors, str(tmp_path / "w.safetensors"))
+    mapped = MappedSafetensors(tmp_path / "w.safetensors")
+    views = {k: mapped.get_tensor(k) for k in tensors}
+    assert all(torch.equal(views[k], t) for k, t in tensors.items())  # touches every page
+    before = rss_file_kb()
+    release_pages(views["big"])
+    freed = before - rss_file_kb()
+    assert freed * 1024 > 0.9 * tensors["big"].numel() * 4
+    assert torch.equal(views["a"], tensors["a"]) and torch.equal(views["b"], tensors["b"])
+    release_pages(torch.randn(100))  # not mapped: left alone

@@ -405,6 +405,7 @@ def ratio(a, b):
 
 
 def run(args, progress=lambda msg: None) -> dict:
+    from ..model.fuse import fuse_projections
     from ..model.weights import load_model, random_model, save_model
 
     device = torch.device(args.device)
@@ -460,7 +461,7 @@ def run(args, progress=lambda msg: None) -> dict:
         # ---- ours
         progress("ours: loading")
         rss.reset()
-        model = load_model(path, dtype=dtype, device=device)
+        model = fuse_projections(load_model(path, dtype=dtype, device=device))
         result["weight_bytes"] = weight_bytes(model)
         ours = run_ours(model, cfg, req, args, device, progress)
         ours["decode_bytes_per_token"] = decode_bytes(model)

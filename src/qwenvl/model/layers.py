@@ -70,10 +70,14 @@ class SwiGLU(nn.Module):
         self.gate_proj = Linear(dim, hidden, bias=bias)
         self.up_proj = Linear(dim, hidden, bias=bias)
         self.down_proj = Linear(hidden, dim, bias=bias)
+        self.gate_up_proj: Linear | None = None  # gate/up in one, after model.fuse.fuse_projections (inference)
         self.act = ACTIVATIONS[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(self.act(gate) * up)
 
 
 ACTIVATIONS = {

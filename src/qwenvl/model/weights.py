@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 from ..config import QwenVLConfig
+from .fuse import unfuse_state_dict
+from .mapped import MappedSafetensors
 from .qwen25vl import QwenVL
 
 # checkpoint prefix -> our module prefix; the first match wins, so the longer (newer) prefixes come first
@@ -60,45 +62,6 @@ def weight_files(path: Path) -> dict[str, Path]:
             for name in fh.keys():
                 files[name] = f
     return files
-
-
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                      "BOOL": torch.bool}
-
-
-class MappedSafetensors:
-    """A safetensors file memory-mapped (copy-on-write): `get_tensor` returns views of the mapping, so a
-    tensor kept in its stored dtype costs no copy and loading peaks at the weights' bytes, not
-    weights + one shard (safetensors' own reader copies each tensor out of its mapping)."""
-
-    def __init__(self, path: Path):
-        import mmap
-        import struct
-        with open(path, "rb") as f:
-            n = struct.unpack("<Q", f.read(8))[0]
-            self.header = json.loads(f.read(n))
-            self.header.pop("__metadata__", None)
-            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        self.base = 8 + n
-
-    def keys(self):
-        return self.header.keys()
-
-    def get_tensor(self, name: str) -> torch.Tensor:
-        info = self.header[name]
-        dtype = SAFETENSORS_DTYPES[info["dtype"]]
-        start, end = info["data_offsets"]
-        count = (end - start) // torch.empty((), dtype=dtype).element_size()
-        if count == 0:
-            return torch.empty(info["shape"], dtype=dtype)
-        return torch.frombuffer(self.map, dtype=dtype, count=count, offset=self.base + start).view(info["shape"])
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False  # the mapping lives as long as the tensors viewing it
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
@@ -198,7 +161,7 @@ def save_model(model: QwenVL, path: str | Path, max_shard_bytes: int = 2 * 1024*
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {}
-    for key, t in model.state_dict().items():
+    for key, t in unfuse_state_dict(model, model.state_dict()).items():
         if model.config.text.tie_word_embeddings and key == "lm_head.weight":
             continue
         if key == "visual.patch_embed.proj.weight":
