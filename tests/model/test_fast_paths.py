@@ -250,3 +250,15 @@ def test_release_pages_of_a_mapped_tensor(tmp_path):
     assert freed * 1024 > 0.9 * tensors["big"].numel() * 4
     assert torch.equal(views["a"], tensors["a"]) and torch.equal(views["b"], tensors["b"])
     release_pages(torch.randn(100))  # not mapped: left alone
+
+
+def test_quantized_tower_within_tolerance(cfg):
+    from qwenvl.model.weights import random_model
+    model = random_model(cfg, torch.bfloat16, seed=6)
+    x, grid = torch.randn(2 * 64, 1176), torch.tensor([[2, 8, 8]])
+    with torch.no_grad():
+        ref = model.visual(x, grid).float()
+        quantize_int8(model, include=("visual",))
+        got = model.visual(x, grid).float()
+    assert isinstance(model.visual.patch_embed.proj, Int8Linear)
+    assert float((got - ref).norm() / ref.norm()) < 0.03

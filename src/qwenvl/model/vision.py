@@ -169,7 +169,7 @@ class VisionTransformer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.patch_embed.proj.weight.dtype
+        return self.merger.ln_q.weight.dtype  # a norm: never quantized, unlike the projections
 
     def layout(self, grid_thw: torch.Tensor) -> Layout:
         cfg = self.cfg
