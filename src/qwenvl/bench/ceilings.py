@@ -41,14 +41,24 @@ def matmul_gflops(dtype: torch.dtype, device: torch.device, m: int = 2048, k: in
     return 2 * m * k * n / t / 1e9
 
 
-def matvec_gbs(dtype: torch.dtype, device: torch.device, n: int = 22016, k: int = 2048) -> float:
-    """One token through a decoder-sized weight (gate+up of the 3B model): weight bytes / time."""
-    if device.type == "cuda":
-        n, k = 4 * 18944, 3584
-    w = torch.randn(n, k, device=device, dtype=torch.float32).to(dtype)
-    x = torch.randn(1, k, device=device, dtype=torch.float32).to(dtype)
-    t = best_time(lambda: F.linear(x, w), device, repeats=10, min_time=0.2)
-    return w.numel() * w.element_size() / t / 1e9
+class MatvecProbe:
+    """One token through a decoder-sized weight (gate+up of the 3B model): weight bytes / time. Kept
+    allocated so that it can be re-measured between decode steps (a shared machine's bandwidth drifts)."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device, n: int = 22016, k: int = 2048):
+        if device.type == "cuda":
+            n, k = 4 * 18944, 3584
+        self.device = device
+        self.w = torch.randn(n, k, device=device, dtype=torch.float32).to(dtype)
+        self.x = torch.randn(1, k, device=device, dtype=torch.float32).to(dtype)
+
+    def __call__(self, repeats: int = 10, min_time: float = 0.2) -> float:
+        t = best_time(lambda: F.linear(self.x, self.w), self.device, repeats=repeats, min_time=min_time)
+        return self.w.numel() * self.w.element_size() / t / 1e9
+
+
+def matvec_gbs(dtype: torch.dtype, device: torch.device) -> float:
+    return MatvecProbe(dtype, device)()
 
 
 def int8_matvec_gbs(device: torch.device, n: int = 22016, k: int = 2048) -> float | None:
