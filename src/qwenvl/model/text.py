@@ -25,7 +25,7 @@ def as_rows(rows: torch.Tensor | None, batch_size: int) -> Rows:
     if rows is None:
         return slice(0, batch_size)
     r = rows.tolist()
-    if r == list(range(r[0], r[0] + len(r))):
+    if r and r == list(range(r[0], r[0] + len(r))):
         return slice(r[0], r[0] + len(r))
     return rows
 
@@ -34,8 +34,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """Attention with an additive mask; GQA when k/v have fewer heads than q (never repeated in memory).
 
     One query per row (decoding) on the CPU: two grouped matmuls, the query heads that share a key/value head
-    stacked as rows; ~1.6x faster than SDPA's CPU kernel for one query (runs/ measurements in
-    docs/benchmarks.md). Softmax in float32, as SDPA accumulates."""
+    stacked as rows: measured 0.34 vs 0.53 ms per 3B layer at 1200 keys with SDPA's CPU kernel, which is
+    built for many queries. Softmax in float32, as SDPA accumulates."""
     B, Hq, L, D = q.shape
     Hkv = k.shape[1]
     if L == 1 and q.device.type == "cpu":
