@@ -41,3 +41,13 @@ def test_missing_image_is_a_clear_error(tiny_ckpt, tmp_path, capsys):
     rc = main(["chat", "--model", str(tiny_ckpt), "--image", str(tmp_path / "nope.png"), "hi"])
     assert rc == 1
     assert "nope.png" in capsys.readouterr().err
+
+
+def test_quantize_int8_flag_matches_python_api(tiny_ckpt, capsys):
+    rc = main(["chat", "--model", str(tiny_ckpt), "--dtype", "float32", "--quantize", "int8", "--json",
+               "--temperature", "0", "--max-new-tokens", "5", "Hello"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    ref = qwenvl.load(tiny_ckpt, quantize="int8").chat([{"role": "user", "content": "Hello"}], max_new_tokens=5,
+                                                       temperature=0)
+    assert out["token_ids"] == ref.token_ids
