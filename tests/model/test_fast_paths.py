@@ -262,3 +262,16 @@ def test_quantized_tower_within_tolerance(cfg):
         got = model.visual(x, grid).float()
     assert isinstance(model.visual.patch_embed.proj, Int8Linear)
     assert float((got - ref).norm() / ref.norm()) < 0.03
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_blocked_upcast_equals_plain_upcast(bias, monkeypatch):
+    """Inference with 16..2047 rows casts the bf16 weights block by block: same result as casting it whole."""
+    monkeypatch.setattr(layers, "BLOCK_BYTES", 7 * 48 * 4)  # 7 output rows per block: 5 blocks, a short last one
+    lin = Linear(48, 33, bias=bias).to(torch.bfloat16)
+    x = torch.randn(2, 20, 48)
+    plain = F.linear(x, lin.weight.float(), None if lin.bias is None else lin.bias.float())
+    with torch.no_grad():
+        got = lin(x)
+    assert got.shape == (2, 20, 33)
+    torch.testing.assert_close(got, plain, rtol=1e-6, atol=1e-6)
