@@ -40,6 +40,11 @@ class VisionConfig:
     def merge_unit(self) -> int:
         return self.spatial_merge_size**2
 
+    @property
+    def patch_dim(self) -> int:
+        """Values in one flattened patch (a row of pixel_values): C * T * P * P."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
 
 @dataclass(frozen=True)
 class TextConfig:

@@ -91,7 +91,7 @@ class Pipeline:
 
     def sequence(self, conversation: list[dict], params: SamplingParams) -> tuple[Sequence, list]:
         batch = self.processor(conversation)
-        device = self.model.language_model.embed_tokens.weight.device
+        device = self.model.device
         media = {k: batch[k].to(device) for k in MEDIA_KEYS if k in batch}
         ids = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
         seq = Sequence(prompt_ids=ids, params=params, media=media, eos_ids=self.eos_ids)

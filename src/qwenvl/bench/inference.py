@@ -29,8 +29,11 @@ import torch
 from torch import nn
 
 from ..config import PRESETS, QwenVLConfig
+from ..engine.quantize import weight_bytes
 from ..model.layers import compute_dtype
+from ..processing.image import smart_resize
 from . import ceilings
+from .ceilings import sync
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
           "float16": torch.float16, "fp16": torch.float16}
@@ -73,10 +76,9 @@ class PeakRSS:
         self._thread.join()
 
 
-def smart_grid(width: int, height: int, factor: int = 28, patch: int = 14) -> tuple[int, int]:
-    """(grid_h, grid_w) in patches for an image resized like the Qwen processor (rounded to 28 px)."""
-    h = max(factor, round(height / factor) * factor)
-    w = max(factor, round(width / factor) * factor)
+def smart_grid(width: int, height: int, patch: int = 14) -> tuple[int, int]:
+    """(grid_h, grid_w) in patches for an image resized like the Qwen processor."""
+    h, w = smart_resize(height, width, factor=2 * patch)
     return h // patch, w // patch
 
 
@@ -122,7 +124,7 @@ def vision_flops(cfg: QwenVLConfig, grid: tuple[int, int, int]) -> float:
     from ..model.vision import vision_layout
     v = cfg.vision
     E, I, n = v.hidden_size, v.intermediate_size, grid[0] * grid[1] * grid[2]
-    linear = 2 * n * (v.in_channels * v.temporal_patch_size * v.patch_size ** 2 * E
+    linear = 2 * n * (v.patch_dim * E
                       + v.depth * (3 * E * E + E * E + 3 * E * I))
     linear += 2 * (n // v.merge_unit) * (v.merge_unit * E) * (v.merge_unit * E + v.out_hidden_size)
     layout = vision_layout((tuple(grid),), v.spatial_merge_size, v.window_size // v.spatial_merge_size // v.patch_size)
@@ -152,15 +154,6 @@ def decode_bytes(model: nn.Module) -> int:
     return total
 
 
-def weight_bytes(model: nn.Module) -> int:
-    from ..engine.quantize import weight_bytes as wb
-    return wb(model)
-
-
-def sync(device: torch.device) -> None:
-    ceilings.sync(device)
-
-
 # ------------------------------------------------------------------------------------------ inputs
 
 @dataclasses.dataclass
@@ -174,7 +167,7 @@ def make_request(cfg: QwenVLConfig, grid: tuple[int, int, int], seed: int = 0, n
     g = torch.Generator().manual_seed(seed)
     v = cfg.vision
     n = grid[0] * grid[1] * grid[2]
-    pixels = torch.randn(n, v.in_channels * v.temporal_patch_size * v.patch_size ** 2, generator=g)
+    pixels = torch.randn(n, v.patch_dim, generator=g)
     text_vocab = min(cfg.text.vocab_size, 151643, min(cfg.vision_start_token_id, cfg.image_token_id))
     words = torch.randint(0, text_vocab, (n_text,), generator=g).tolist()
     half = n_text // 2
@@ -184,6 +177,33 @@ def make_request(cfg: QwenVLConfig, grid: tuple[int, int, int], seed: int = 0, n
 
 
 # ------------------------------------------------------------------------------------------ ours
+
+# Decode is timed in windows of this many steps, the matrix-vector ceiling re-measured between them.
+DECODE_WINDOW = 4
+
+
+def timed_generate(engine, seq, device: torch.device, probe=None) -> tuple[float, int, float, list[dict]]:
+    """Run `seq` to the end on `engine`: (time to first token, decode steps, decode seconds, windows).
+    Decode runs in windows of DECODE_WINDOW steps; with a `probe` (ceilings.MatvecProbe) the matrix-vector
+    ceiling is re-measured after each window, so each window's share of it compares like with like."""
+    t0 = time.perf_counter()
+    engine.add(seq)
+    sync(device)
+    ttft = time.perf_counter() - t0
+    steps, dt, windows = 0, 0.0, []
+    while not seq.finished:
+        t1, n = time.perf_counter(), 0
+        while not seq.finished and n < DECODE_WINDOW:
+            engine.step()
+            n += 1
+        sync(device)
+        w = time.perf_counter() - t1
+        steps, dt = steps + n, dt + w
+        if probe is not None:
+            windows.append({"steps": n, "s": w, "matvec_gbs": probe(repeats=5, min_time=0.1)})
+    engine.release(seq)
+    return ttft, steps, dt, windows
+
 
 def run_ours(model, cfg: QwenVLConfig, req: Request, args, device: torch.device, progress) -> dict:
     from ..engine.engine import Engine, Sequence
@@ -196,45 +216,22 @@ def run_ours(model, cfg: QwenVLConfig, req: Request, args, device: torch.device,
 
     probe = ceilings.MatvecProbe(model.language_model.embed_tokens.weight.dtype, device)
 
-    def request(r: Request, n_new: int, windows: list | None = None):
-        """Prefill, then decode in windows of DECODE_WINDOW steps; with `windows`, re-measure the
-        matrix-vector ceiling after each window (so each window's share of it compares like with like)."""
-        seq = Sequence(prompt_ids=r.prompt_ids, params=SamplingParams(max_new_tokens=n_new, temperature=0,
-                                                                      ignore_eos=True),
-                       media={"pixel_values": r.pixel_values.to(device), "image_grid_thw": r.grid})
-        t0 = time.perf_counter()
-        engine.add(seq)
-        sync(device)
-        ttft = time.perf_counter() - t0
-        steps, dt = 0, 0.0
-        while not seq.finished:
-            t1, n = time.perf_counter(), 0
-            while not seq.finished and n < DECODE_WINDOW:
-                engine.step()
-                n += 1
-            sync(device)
-            w = time.perf_counter() - t1
-            steps, dt = steps + n, dt + w
-            if windows is not None:
-                windows.append({"steps": n, "s": w, "matvec_gbs": probe(repeats=5, min_time=0.1)})
-        engine.release(seq)
-        return seq, ttft, steps, dt
+    def sequence(r: Request, n_new: int) -> Sequence:
+        return Sequence(prompt_ids=r.prompt_ids,
+                        params=SamplingParams(max_new_tokens=n_new, temperature=0, ignore_eos=True),
+                        media={"pixel_values": r.pixel_values.to(device), "image_grid_thw": r.grid})
 
     progress("ours: warm-up")
-    request(warm, 3)
+    timed_generate(engine, sequence(warm, 3), device)
     progress(f"ours: one request ({L} prompt tokens, grid {req.grid[0].tolist()}), then {args.decode_tokens} tokens")
-    windows: list = []
-    seq, ttft, steps, dt = request(req, args.decode_tokens + 1, windows)
+    seq = sequence(req, args.decode_tokens + 1)
+    ttft, steps, dt, windows = timed_generate(engine, seq, device, probe)
     out["vision_s"] = seq.timings["vision_s"]
     out["ttft_s"] = ttft
     out["decode_tok_s"] = steps / dt if steps else None
     out["decode_windows"] = windows
     out["tokens"] = seq.output_ids
     return out
-
-
-# Decode is timed in windows of this many steps, the matrix-vector ceiling re-measured between them.
-DECODE_WINDOW = 4
 
 
 def time_tower(visual, pixels: torch.Tensor, grid: torch.Tensor, device: torch.device) -> float:
@@ -254,9 +251,7 @@ def video_times(visual, cfg: QwenVLConfig, frames: list[int], size: tuple[int, i
         t = max(1, n // cfg.vision.temporal_patch_size)
         grid = (t, gh, gw)
         g = torch.Generator().manual_seed(n)
-        pixels = torch.randn(t * gh * gw, 1176 if cfg.vision.patch_size == 14 else
-                             cfg.vision.in_channels * cfg.vision.temporal_patch_size * cfg.vision.patch_size ** 2,
-                             generator=g).to(device, dtype)
+        pixels = torch.randn(t * gh * gw, cfg.vision.patch_dim, generator=g).to(device, dtype)
         progress(f"{label}: video tower, {n} frames of {size[0]}x{size[1]} (grid {grid}), twice")
         # the first call for a new grid also builds its window layout (cached): time the second one too
         first = time_tower(visual, pixels, torch.tensor([list(grid)]), device)
@@ -281,15 +276,8 @@ def int8_eval(model, cfg: QwenVLConfig, args, device, progress) -> dict:
         engine = Engine(model, max_batch=1, max_len=len(prompt) + n + 8)
         seq = Sequence(prompt_ids=prompt, params=SamplingParams(max_new_tokens=n + 1, temperature=0, ignore_eos=True))
         progress(f"int8: {label} decode, {n} tokens")
-        engine.add(seq)
-        sync(device)
-        t0 = time.perf_counter()
-        steps = 0
-        while not seq.finished:
-            engine.step()
-            steps += 1
-        sync(device)
-        return seq.output_ids, steps / (time.perf_counter() - t0)
+        _, steps, dt, _ = timed_generate(engine, seq, device)
+        return seq.output_ids, steps / dt
 
     def logits(ids):
         with torch.inference_mode():

@@ -54,7 +54,7 @@ class Engine:
 
     @property
     def device(self) -> torch.device:
-        return self.model.language_model.embed_tokens.weight.device
+        return self.model.device
 
     @property
     def active(self) -> list[Sequence]:

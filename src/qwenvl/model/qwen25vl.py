@@ -95,6 +95,10 @@ class QwenVL(nn.Module):
             deltas = positions.max(0).values.max(-1).values + 1 - input_ids.shape[1]
         return Output(self.logits(hidden), positions, deltas)
 
+    @property
+    def device(self) -> torch.device:
+        return self.language_model.embed_tokens.weight.device  # the LM head may be int8 (engine/quantize.py)
+
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
-        p = self.language_model.embed_tokens.weight  # the LM head may be replaced (engine/quantize.py)
+        p = self.language_model.embed_tokens.weight
         return KVCache(self.config.text, batch_size, max_len, p.dtype, p.device)

@@ -149,8 +149,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.proj = Linear(cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size ** 2, cfg.hidden_size,
-                              bias=False)
+        self.proj = Linear(cfg.patch_dim, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)

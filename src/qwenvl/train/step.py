@@ -29,7 +29,7 @@ class Policy(nn.Module):
         m = self.model
         dummy = pixel_values is None
         if dummy:
-            patch = m.config.vision.in_channels * m.config.vision.temporal_patch_size * m.config.vision.patch_size ** 2
+            patch = m.config.vision.patch_dim
             pixel_values = torch.zeros(m.config.vision.merge_unit, patch, device=input_ids.device)
             grid_thw = torch.tensor([[1, m.config.vision.spatial_merge_size, m.config.vision.spatial_merge_size]])
         feats = m.visual(pixel_values, grid_thw)  # [n_media_tokens, E]: images first, then videos
