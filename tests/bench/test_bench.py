@@ -26,6 +26,7 @@ def test_bench_tiny_json(capsys):
     assert set(r["ceilings"]) >= {"bf16_matmul_gflops", "fp32_matmul_gflops", "bf16_matvec_gbs"}
     q = ours["int8"]
     assert 0 <= q["top1_agreement"] <= 1 and q["logits_rel_err"] < 0.1
+    assert len(q["rounds"]) == 3 and q["speedup"] in [r["speedup"] for r in q["rounds"]]  # the median round
     assert r["load"]["weight_bytes"] == r["weight_bytes"]
     assert "vision_pct_of_bf16_matmul" in r["summary"]
 

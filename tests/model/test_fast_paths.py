@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qwenvl.engine.quantize import Int8Linear, quantize_int8, quantize_weight
+from qwenvl.engine.quantize import Int8Linear, quantize_int8, quantized_copy, quantize_weight
 from qwenvl.model import layers
 from qwenvl.model.layers import Linear
 from qwenvl.model.vision import Segments, segment_attention, vision_layout
@@ -132,6 +132,22 @@ def test_quantized_model_within_tolerance(cfg):
     assert not any(type(m) in (torch.nn.Linear, Linear) for m in model.modules())
     assert float((got - ref).norm() / ref.norm()) < 0.02
     assert float((got.argmax(-1) == ref.argmax(-1)).float().mean()) >= 0.9
+
+
+def test_quantized_copy_shares_the_rest_and_leaves_the_original(cfg):
+    from qwenvl.model.weights import random_model
+    model = random_model(cfg, torch.float32, seed=6)
+    ids = torch.randint(0, 500, (1, 12))
+    with torch.no_grad():
+        ref = model(ids).logits
+        q = quantized_copy(model)
+        assert torch.equal(model(ids).logits, ref)  # the original is untouched
+        in_place = quantize_int8(copy.deepcopy(model))
+        assert torch.equal(q(ids).logits, in_place(ids).logits)
+    assert not any(isinstance(m, Int8Linear) for m in model.modules())
+    assert q.language_model.embed_tokens.weight is model.language_model.embed_tokens.weight
+    assert q.visual.blocks[0].mlp.down_proj.weight is model.visual.blocks[0].mlp.down_proj.weight
+    assert q.language_model.norm.weight is model.language_model.norm.weight
 
 
 def test_engine_runs_quantized(cfg):

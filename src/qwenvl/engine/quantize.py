@@ -14,6 +14,8 @@ Kernels (chosen once per layer, by device):
 
 from __future__ import annotations
 
+import copy
+import itertools
 from typing import Iterable
 
 import torch
@@ -84,6 +86,14 @@ def quantize_int8(model: nn.Module, include: Iterable[str] = ("language_model", 
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, Int8Linear.from_linear(m))
     return model
+
+
+def quantized_copy(model: nn.Module, include: Iterable[str] = ("language_model", "lm_head"),
+                   skip: Iterable[str] = ()) -> nn.Module:
+    """`quantize_int8` on a copy of `model` that shares every tensor it does not quantize: the original stays
+    as it was, and only the int8 weights take new memory (for side-by-side comparisons)."""
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    return quantize_int8(copy.deepcopy(model, shared), include, skip)
 
 
 def weight_bytes(model: nn.Module) -> int:
