@@ -63,17 +63,18 @@ class KVCache:
     def batch_size(self) -> int:
         return self.k.shape[1]
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, rows: Rows, start: torch.Tensor):
-        """Store k/v [B', Hkv, L, D] for `rows` at positions start[b] .. start[b] + L."""
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, rows: Rows, start: int | torch.Tensor):
+        """Store k/v [B', Hkv, L, D] for `rows` at positions start[b] .. start[b] + L; an int `start` is the
+        same for every row (one prompt, or a batch in step), and with consecutive rows the write is a slice."""
         L = k.shape[2]
-        if isinstance(rows, slice) and L > 1 and bool((start == start[0]).all()):
-            s = int(start[0])
-            self.k[layer, rows, :, s:s + L] = k
-            self.v[layer, rows, :, s:s + L] = v
+        if isinstance(start, int) and isinstance(rows, slice):
+            self.k[layer, rows, :, start:start + L] = k
+            self.v[layer, rows, :, start:start + L] = v
             return
         if isinstance(rows, slice):
             rows = torch.arange(self.batch_size, device=k.device)[rows]
-        pos = start.view(-1, 1) + torch.arange(L, device=k.device)  # [B', L]
+        pos = (start if isinstance(start, torch.Tensor) else torch.tensor(start, device=k.device)).view(-1, 1)
+        pos = pos + torch.arange(L, device=k.device)  # [B', L]
         r = rows.view(-1, 1).expand_as(pos)
         # index_put on [B, S, Hkv, D] views: rows and positions select, heads and dims are copied whole.
         self.k[layer].transpose(1, 2).index_put_((r, pos), k.transpose(1, 2).to(self.k.dtype))
@@ -90,19 +91,23 @@ class Attention(nn.Module):
         self.o_proj = Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
         self.qkv_proj: Linear | None = None  # q/k/v in one, after model.fuse.fuse_projections (inference)
 
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q, k, v as [B, heads, L, D], q and k rotated."""
+        B, L, _ = x.shape
+        Hq, Hkv, D = self.n_heads, self.n_kv, self.head_dim
         if self.qkv_proj is None:
-            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        kv = self.n_kv * self.head_dim
-        return self.qkv_proj(x).split([self.n_heads * self.head_dim, kv, kv], dim=-1)
+            q = self.q_proj(x).view(B, L, Hq, D).transpose(1, 2)
+            k = self.k_proj(x).view(B, L, Hkv, D).transpose(1, 2)
+            v = self.v_proj(x).view(B, L, Hkv, D).transpose(1, 2)
+            return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        # fused: q and k are neighbouring heads of one output, rotated together
+        qkv = self.qkv_proj(x).view(B, L, Hq + 2 * Hkv, D).transpose(1, 2)
+        qk = apply_rope(qkv[:, :Hq + Hkv], cos, sin)
+        return qk[:, :Hq], qk[:, Hq:], qkv[:, Hq + Hkv:]
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, rows, start):
         B, L, _ = x.shape
-        q, k, v = self.project(x)
-        q = q.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
-        v = v.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.project(x, cos, sin)
         if cache is not None:
             cache.write(layer, k, v, rows, start)
             S = mask.shape[-1]
@@ -152,6 +157,8 @@ class TextModel(nn.Module):
         if cache is not None:
             rows = as_rows(rows, cache.batch_size)
             start = cache.lengths[rows].clone()  # a view for slice rows; lengths advance below
+            if bool((start == start[0]).all()):
+                start = int(start[0])  # one position for all rows: cache writes are slices
             if mask is None:
                 raise ValueError("a mask over the cached keys is required when decoding with a cache")
         elif mask is None:
