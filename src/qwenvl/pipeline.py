@@ -62,12 +62,13 @@ def resolve_checkpoint(path_or_id: str | Path) -> Path:
 
 class Pipeline:
     def __init__(self, model: QwenVL, processor, generation_config: dict | None = None, path: Path | None = None,
-                 max_batch: int = 8):
+                 max_batch: int = 8, compile: bool = False):
         self.model = model
         self.processor = processor
         self.generation_config = generation_config or {}
         self.path = path
         self.max_batch = max_batch
+        self.compile = compile  # torch.compile the engines' decode steps (engine.Engine)
 
     @property
     def config(self):
@@ -117,7 +118,7 @@ class Pipeline:
 
     def _stream_one(self, messages, params, holder):
         seq, media = self.sequence(messages, params)
-        engine = Engine(self.model, max_batch=1, max_len=self._max_len([seq]))
+        engine = Engine(self.model, max_batch=1, max_len=self._max_len([seq]), compile=self.compile)
         text = TextTracker(self.processor.tokenizer, params.stop)
         start = time.perf_counter()
         for s, _ in generate(engine, [seq]):
@@ -142,7 +143,8 @@ class Pipeline:
     def _run(self, conversations, params) -> list[ChatResult]:
         pairs = [self.sequence(c, params) for c in conversations]
         seqs = [s for s, _ in pairs]
-        engine = Engine(self.model, max_batch=min(self.max_batch, len(seqs)), max_len=self._max_len(seqs))
+        engine = Engine(self.model, max_batch=min(self.max_batch, len(seqs)), max_len=self._max_len(seqs),
+                        compile=self.compile)
         trackers = {id(s): TextTracker(self.processor.tokenizer, params.stop) for s in seqs}
         start = time.perf_counter()
         for s, _ in generate(engine, seqs):
@@ -209,12 +211,13 @@ class TextTracker:
 
 
 def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu", max_batch: int = 8,
-         quantize: str | None = None) -> Pipeline:
+         quantize: str | None = None, compile: bool = False) -> Pipeline:
     """Load a Qwen2.5-VL checkpoint directory (or hub id) into a Pipeline.
 
     The model is prepared for inference: the decoder's q/k/v and gate/up projections are fused
     (model/fuse.py), and with quantize="int8" the decoder and LM head get weight-only int8
-    (engine/quantize.py). For training, load the model with `qwenvl.model.weights.load_model`."""
+    (engine/quantize.py). compile=True runs decode steps through torch.compile (engine.Engine).
+    For training, load the model with `qwenvl.model.weights.load_model`."""
     from .engine.quantize import quantize_int8
     from .model.fuse import fuse_projections
     from .processing import Processor
@@ -233,4 +236,4 @@ def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "
     processor = Processor.from_pretrained(path, max_length=model.config.text.max_position_embeddings)
     gen_path = path / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
-    return Pipeline(model, processor, gen, path, max_batch=max_batch)
+    return Pipeline(model, processor, gen, path, max_batch=max_batch, compile=compile)

@@ -51,3 +51,15 @@ def test_quantize_int8_flag_matches_python_api(tiny_ckpt, capsys):
     ref = qwenvl.load(tiny_ckpt, quantize="int8").chat([{"role": "user", "content": "Hello"}], max_new_tokens=5,
                                                        temperature=0)
     assert out["token_ids"] == ref.token_ids
+
+
+def test_compile_flag_reaches_the_pipeline(tiny_ckpt, monkeypatch, capsys):
+    seen = {}
+    real = qwenvl.load
+
+    def load(*a, **kw):
+        seen.update(kw)
+        return real(*a, **{**kw, "compile": False})  # what the compiled engine computes is tested in tests/engine
+    monkeypatch.setattr(qwenvl, "load", load)
+    assert main(["chat", "--model", str(tiny_ckpt), "--compile", "--max-new-tokens", "2", "Hello"]) == 0
+    assert seen["compile"] is True

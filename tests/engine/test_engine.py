@@ -36,8 +36,8 @@ def seq_from(batch, params, eos=()):
                     media={k: batch[k] for k in MEDIA if k in batch}, eos_ids=eos)
 
 
-def run(model, seqs, max_batch=4):
-    engine = Engine(model, max_batch=max_batch, max_len=256)
+def run(model, seqs, max_batch=4, compile=False):
+    engine = Engine(model, max_batch=max_batch, max_len=256, compile=compile)
     for _ in generate(engine, seqs):
         pass
     return [s.output_ids for s in seqs]
@@ -86,6 +86,16 @@ def test_batched_equals_one_by_one(hf_tiny, ours):
     assert together == single
     # fewer slots than prompts: later ones join as earlier ones finish (continuous batching)
     assert run(ours, [seq_from(b, params) for b in batches], max_batch=2) == single
+
+
+def test_compiled_decode_equals_eager(hf_tiny, ours):
+    _, p = hf_tiny
+    batches = [prompt(p, "a", images=[image(150, 100)]), prompt(p, "a much longer question than the first")]
+    params = SamplingParams(max_new_tokens=6, temperature=0)
+    engine = Engine(ours, max_batch=2, max_len=256, compile=True)
+    assert isinstance(engine.decoder, torch._dynamo.eval_frame.OptimizedModule)
+    assert run(ours, [seq_from(b, params) for b in batches], compile=True) == \
+        run(ours, [seq_from(b, params) for b in batches])
 
 
 def test_seeded_sampling_is_reproducible(hf_tiny, ours):

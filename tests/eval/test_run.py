@@ -26,8 +26,8 @@ class FakePipe:
 def install(monkeypatch, pipe):
     seen = {}
 
-    def load(path, dtype=None, device=None, quantize=None):
-        seen.update(path=path, dtype=dtype, device=device, quantize=quantize)
+    def load(path, dtype=None, device=None, quantize=None, compile=False):
+        seen.update(path=path, dtype=dtype, device=device, quantize=quantize, compile=compile)
         return pipe
     monkeypatch.setattr(qwenvl, "load", load)
     return seen

@@ -212,7 +212,8 @@ def run_ours(model, cfg: QwenVLConfig, req: Request, args, device: torch.device,
     out: dict = {}
     L = len(req.prompt_ids)
     warm = make_request(cfg, (1, 8, 8), seed=1)
-    engine = Engine(model, max_batch=1, max_len=max(L, len(warm.prompt_ids)) + args.decode_tokens + 8)
+    engine = Engine(model, max_batch=1, max_len=max(L, len(warm.prompt_ids)) + args.decode_tokens + 8,
+                    compile=args.compile)
 
     probe = ceilings.MatvecProbe(model.language_model.embed_tokens.weight.dtype, device)
     out["probe_bytes"] = sum(w.numel() * w.element_size() for w in probe.ws)
@@ -281,7 +282,7 @@ def int8_eval(model, cfg: QwenVLConfig, args, device, progress) -> dict:
     qmodel = quantized_copy(model, include=("language_model", "lm_head") + (("visual",) if args.quantize_vision else ()))
 
     def decode(m, label):
-        engine = Engine(m, max_batch=1, max_len=len(prompt) + n + 8)
+        engine = Engine(m, max_batch=1, max_len=len(prompt) + n + 8, compile=args.compile)
         seq = Sequence(prompt_ids=prompt, params=SamplingParams(max_new_tokens=n + 1, temperature=0, ignore_eos=True))
         progress(f"int8: {label} decode, {n} tokens")
         _, steps, dt, _ = timed_generate(engine, seq, device)

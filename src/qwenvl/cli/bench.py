@@ -26,6 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--quantize", choices=["int8"], help="also measure weight-only int8 decoding and its error")
     p.add_argument("--quantize-vision", action="store_true", help="with --quantize: the tower too")
+    p.add_argument("--compile", action="store_true", help="torch.compile our decode step (engine.Engine)")
     p.add_argument("--skip-reference", action="store_true", help="do not run transformers")
     p.add_argument("--skip-ceilings", action="store_true", help="do not measure the machine's ceilings")
     p.add_argument("--skip-load-probe", action="store_true", help="do not measure the peak RSS of loading alone")

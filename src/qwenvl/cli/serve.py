@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .chat import add_quantize_arg
+from .chat import add_engine_args
 
 
 def register(sub) -> None:
@@ -19,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--device", default="auto", help="auto: cuda if available, else cpu")
-    add_quantize_arg(p)
+    add_engine_args(p)
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (KV cache slots), default 8")
     p.add_argument("--max-model-len", type=int,
                    help="prompt + completion tokens per sequence (default: min(model context, 8192))")
@@ -99,7 +99,8 @@ def run_serve(args) -> int:
     settings = settings_from_args(args, name)   # validate the flags before the (slow) load
     log = logging.getLogger("qwenvl.serve")
     log.info("loading %s (%s on %s)", args.model, dtype, device)
-    pipe = qwenvl.load(args.model, dtype=dtype, device=device, max_batch=args.max_batch, quantize=args.quantize)
+    pipe = qwenvl.load(args.model, dtype=dtype, device=device, max_batch=args.max_batch, quantize=args.quantize,
+                       compile=args.compile)
     app = create_app(pipe, settings)
     log.info("serving %r at http://%s:%d/v1 (max batch %d, max model len %d)", name, args.host, args.port,
              args.max_batch, app.state.max_len)

@@ -60,7 +60,7 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
     context = pipe.config.text.max_position_embeddings
     max_len = min(settings.max_model_len or DEFAULT_MAX_MODEL_LEN, context)
     metrics = Metrics(settings.max_batch)
-    engine = Engine(pipe.model, max_batch=settings.max_batch, max_len=max_len)
+    engine = Engine(pipe.model, max_batch=settings.max_batch, max_len=max_len, compile=pipe.compile)
     scheduler = Scheduler(engine, pipe.processor.tokenizer, metrics, max_queue=settings.max_queue)
     executor = ThreadPoolExecutor(max_workers=settings.preprocess_workers, thread_name_prefix="qwenvl-preprocess")
 
