@@ -64,8 +64,8 @@ class KVCache:
         return self.k.shape[1]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, rows: Rows, start: int | torch.Tensor):
-        """Store k/v [B', Hkv, L, D] for `rows` at positions start[b] .. start[b] + L; an int `start` is the
-        same for every row (one prompt, or a batch in step), and with consecutive rows the write is a slice."""
+        """Store k/v [B', Hkv, L, D] for `rows` at positions start[b] .. start[b] + L. An int `start` is the
+        same for every row (one prompt, or rows of equal lengths): with consecutive rows the write is a slice."""
         L = k.shape[2]
         if isinstance(start, int) and isinstance(rows, slice):
             self.k[layer, rows, :, start:start + L] = k
@@ -73,8 +73,9 @@ class KVCache:
             return
         if isinstance(rows, slice):
             rows = torch.arange(self.batch_size, device=k.device)[rows]
-        pos = (start if isinstance(start, torch.Tensor) else torch.tensor(start, device=k.device)).view(-1, 1)
-        pos = pos + torch.arange(L, device=k.device)  # [B', L]
+        if isinstance(start, int):
+            start = torch.full((len(rows),), start, device=k.device)
+        pos = start.view(-1, 1) + torch.arange(L, device=k.device)  # [B', L]
         r = rows.view(-1, 1).expand_as(pos)
         # index_put on [B, S, Hkv, D] views: rows and positions select, heads and dims are copied whole.
         self.k[layer].transpose(1, 2).index_put_((r, pos), k.transpose(1, 2).to(self.k.dtype))
