@@ -150,6 +150,17 @@ class TextModel(nn.Module):
         Without a cache, `mask` defaults to causal. With a cache, the new tokens of row b are written at
         cache.lengths[b] onwards (`rows` selects which cache rows the B inputs belong to), `mask` must cover
         the keys [0, S) and cache.lengths is advanced by L."""
+        x, cos, sin, mask, rows, start = self.prepare(embeds, positions, mask, cache, rows)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, i, rows, start)
+        if cache is not None:
+            cache.lengths[rows] += x.shape[1]
+        return self.norm(x)
+
+    @torch.compiler.disable  # branches on tensor values: eager even when the decoder is compiled (engine.Engine)
+    def prepare(self, embeds, positions, mask, cache, rows):
+        """What the layers share: activations in the compute dtype, the rotary tables, the cache rows and start
+        positions, and the additive mask."""
         B, L, _ = embeds.shape
         embeds = embeds.to(compute_dtype(embeds.dtype, embeds.device))
         cos, sin = mrope_cos_sin(positions, self.inv_freq, self.cfg.mrope_section, embeds.dtype)
@@ -157,7 +168,7 @@ class TextModel(nn.Module):
         start = None
         if cache is not None:
             rows = as_rows(rows, cache.batch_size)
-            start = cache.lengths[rows].clone()  # a view for slice rows; lengths advance below
+            start = cache.lengths[rows].clone()  # a view for slice rows; lengths advance after the layers
             if bool((start == start[0]).all()):
                 start = int(start[0])  # one position for all rows: cache writes are slices
             if mask is None:
@@ -168,12 +179,7 @@ class TextModel(nn.Module):
         # attend to (left padding) then averages all values uniformly instead of producing NaN.
         mask = torch.zeros(mask.shape, dtype=embeds.dtype, device=embeds.device).masked_fill_(
             ~mask, torch.finfo(embeds.dtype).min)
-        x = embeds
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, i, rows, start)
-        if cache is not None:
-            cache.lengths[rows] += L
-        return self.norm(x)
+        return embeds, cos, sin, mask, rows, start
 
 
 def causal_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
