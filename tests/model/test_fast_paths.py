@@ -272,7 +272,7 @@ def test_release_pages_of_a_mapped_tensor(tmp_path):
 def test_quantized_tower_within_tolerance(cfg):
     from qwenvl.model.weights import random_model
     model = random_model(cfg, torch.bfloat16, seed=6)
-    x, grid = torch.randn(2 * 64, 1176), torch.tensor([[2, 8, 8]])
+    x, grid = torch.randn(2 * 64, cfg.vision.patch_dim), torch.tensor([[2, 8, 8]])
     with torch.no_grad():
         ref = model.visual(x, grid).float()
         quantize_int8(model, include=("visual",))

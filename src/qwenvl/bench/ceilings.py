@@ -58,14 +58,17 @@ class MatvecProbe:
         self.ws = [torch.randn(n, k, generator=g).to(device, dtype) for _ in range(count)]
         self.x = torch.randn(1, k, generator=g).to(device, dtype)
 
+    @property
+    def nbytes(self) -> int:
+        return sum(w.numel() * w.element_size() for w in self.ws)
+
     def sweep(self) -> None:
         for w in self.ws:
             F.linear(self.x, w)
 
     def __call__(self, repeats: int = 10, min_time: float = 0.2) -> float:
         """The best sweep's bandwidth, GB/s."""
-        t = best_time(self.sweep, self.device, repeats=repeats, min_time=min_time)
-        return sum(w.numel() * w.element_size() for w in self.ws) / t / 1e9
+        return self.nbytes / best_time(self.sweep, self.device, repeats=repeats, min_time=min_time) / 1e9
 
 
 def matvec_gbs(dtype: torch.dtype, device: torch.device) -> float:

@@ -216,7 +216,7 @@ def run_ours(model, cfg: QwenVLConfig, req: Request, args, device: torch.device,
                     compile=args.compile)
 
     probe = ceilings.MatvecProbe(model.language_model.embed_tokens.weight.dtype, device)
-    out["probe_bytes"] = sum(w.numel() * w.element_size() for w in probe.ws)
+    out["probe_bytes"] = probe.nbytes
 
     def sequence(r: Request, n_new: int) -> Sequence:
         return Sequence(prompt_ids=r.prompt_ids,
@@ -279,7 +279,8 @@ def int8_eval(model, cfg: QwenVLConfig, args, device, progress) -> dict:
     text_vocab = min(cfg.text.vocab_size, 151643)
     prompt = torch.randint(0, text_vocab, (32,), generator=g).tolist()
     n = args.decode_tokens
-    qmodel = quantized_copy(model, include=("language_model", "lm_head") + (("visual",) if args.quantize_vision else ()))
+    include = ("language_model", "lm_head") + (("visual",) if args.quantize_vision else ())
+    qmodel = quantized_copy(model, include=include)
 
     def decode(m, label):
         engine = Engine(m, max_batch=1, max_len=len(prompt) + n + 8, compile=args.compile)
@@ -584,7 +585,8 @@ def format_table(r: dict) -> str:
     lines.append(f"{'peak RSS':24}{_fmt_bytes(ours['peak_rss']):>12}"
                  f"{_fmt_bytes(ref['peak_rss']) if ref else '-':>14}")
     for k in ("vision_pct_of_bf16_matmul", "vision_pct_of_best_matmul", "ttft_pct_of_best_matmul",
-              "decode_gb_s", "decode_pct_of_matvec", "decode_pct_of_matvec_interleaved", "load_peak_rss_over_weights", "greedy_tokens_equal",
+              "decode_gb_s", "decode_pct_of_matvec", "decode_pct_of_matvec_interleaved", "load_peak_rss_over_weights",
+              "greedy_tokens_equal",
               "video_per_frame_spread", "int8_decode_x_float", "int8_decode_pct_of_int8_matvec"):
         if k in s:
             lines.append(f"  {k}: {s[k]}")

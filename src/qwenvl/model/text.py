@@ -1,8 +1,9 @@
 """The Qwen2.5 decoder with MRoPE. Reference: transformers 4.51.3 Qwen2_5_VLModel.
 
 Shapes: B batch, L new tokens, S keys (cached + new), Hq query heads, Hkv key/value heads (GQA),
-D head dim (GQA: SDPA's enable_gqa, keys/values are not repeated). Positions [3, B, L] (time, height, width) come from the caller; the model keeps no
-position state. Attention masks are boolean, True = may attend, [B, 1, L, S].
+D head dim (GQA: keys/values are never repeated in memory). Positions [3, B, L] (time, height, width)
+come from the caller; the model keeps no position state. Attention masks are boolean, True = may attend,
+[B, 1, L, S]; the decoder turns them into an additive float mask once per forward (`TextModel.prepare`).
 """
 
 from __future__ import annotations
@@ -168,7 +169,9 @@ class TextModel(nn.Module):
         start = None
         if cache is not None:
             rows = as_rows(rows, cache.batch_size)
-            start = cache.lengths[rows].clone()  # a view for slice rows; lengths advance after the layers
+            # a copy, not a view of lengths: the compiled decoder (engine.Engine) fails on an input that
+            # aliases a tensor it mutates (lengths advance after the layers)
+            start = cache.lengths[rows].clone()
             if bool((start == start[0]).all()):
                 start = int(start[0])  # one position for all rows: cache writes are slices
             if mask is None:
