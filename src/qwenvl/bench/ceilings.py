@@ -1,5 +1,5 @@
-"""The machine's own ceilings, measured with torch: dense matmul GFLOP/s (bf16, fp32) and matrix-vector
-GB/s (the bound on decoding: every weight is read once per token)."""
+"""The machine's own ceilings: dense matmul GFLOP/s (bf16, fp32), memory read GB/s and matrix-vector GB/s
+(the bound on decoding: every weight is read once per token)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from ..model.layers import Linear, compute_dtype
 
 
 def sync(device: torch.device) -> None:
@@ -48,54 +50,80 @@ class MatvecProbe:
     together they are far larger than the CPU's last-level cache (4 x 90 MB in bf16), so no call finds
     its matrix still cached from the previous one, which a single re-read matrix can (3-5% faster on a
     32 MB-L3 EPYC). Kept allocated so that it can be re-measured between decode steps (a shared
-    machine's bandwidth drifts)."""
+    machine's bandwidth drifts).
+
+    The ceiling is the faster of two products over the same matrices: aten's (F.linear in the weights'
+    dtype, or its int8 weight-only kernel) and the one the engine's layers run (`Linear` or `Int8Linear` on
+    activations in the compute dtype, which may be qwenvl.kernels' native product). `dtype` torch.int8
+    means per-channel int8 weights; their bytes are the int8 bytes."""
 
     def __init__(self, dtype: torch.dtype, device: torch.device, n: int = 22016, k: int = 2048, count: int = 4):
+        from ..engine.quantize import _HAS_INT8PACK, Int8Linear, quantize_weight
         if device.type == "cuda":
             n, k = 4 * 18944, 3584
         self.device = device
         g = torch.Generator(device="cpu").manual_seed(0)
-        self.ws = [torch.randn(n, k, generator=g).to(device, dtype) for _ in range(count)]
-        self.x = torch.randn(1, k, generator=g).to(device, dtype)
+        float_dtype = torch.bfloat16 if dtype == torch.int8 else dtype
+        x = torch.randn(1, k, generator=g).to(device, float_dtype)
+        x_compute = x.to(compute_dtype(float_dtype, device))
+        self.layers, self.products = [], {}
+        for _ in range(count):
+            w = torch.randn(n, k, generator=g) * 0.02
+            if dtype == torch.int8:
+                self.layers.append(Int8Linear(*quantize_weight(w), None, torch.bfloat16).to(device))
+            else:
+                layer = Linear(k, n, bias=False, device="meta")
+                layer.weight = torch.nn.Parameter(w.to(device, dtype), requires_grad=False)
+                self.layers.append(layer)
+        self.products["engine"] = lambda layer: layer(x_compute)
+        if dtype != torch.int8:
+            self.products["aten"] = lambda layer: F.linear(x, layer.weight)
+        elif _HAS_INT8PACK and device.type == "cpu":
+            self.products["aten"] = lambda layer: torch.ops.aten._weight_int8pack_mm(x, layer.qweight, layer.scale_bf16)
 
     @property
     def nbytes(self) -> int:
-        return sum(w.numel() * w.element_size() for w in self.ws)
+        return sum(t.numel() * t.element_size() for m in self.layers
+                   for t in ([m.qweight] if hasattr(m, "qweight") else [m.weight]))
 
-    def sweep(self) -> None:
-        for w in self.ws:
-            F.linear(self.x, w)
+    def rates(self, repeats: int = 10, min_time: float = 0.2) -> dict[str, float]:
+        """GB/s of each product's best sweep over the matrices."""
+        out = {}
+        for name, product in self.products.items():
+            def sweep(product=product):
+                for layer in self.layers:
+                    product(layer)
+            out[name] = self.nbytes / best_time(sweep, self.device, repeats=repeats, min_time=min_time) / 1e9
+        return out
 
     def __call__(self, repeats: int = 10, min_time: float = 0.2) -> float:
-        """The best sweep's bandwidth, GB/s."""
-        return self.nbytes / best_time(self.sweep, self.device, repeats=repeats, min_time=min_time) / 1e9
+        """The ceiling: the faster product's GB/s."""
+        return max(self.rates(repeats, min_time).values())
 
 
-def matvec_gbs(dtype: torch.dtype, device: torch.device) -> float:
-    return MatvecProbe(dtype, device)()
+def memory_read_gbs(device: torch.device, nbytes: int = 4 * 90 << 20, count: int = 4) -> float:
+    """Reading float32 vectors far larger than the last-level cache (a sum): what the memory delivers."""
+    xs = [torch.ones(nbytes // count // 4, device=device) for _ in range(count)]
 
-
-def int8_matvec_gbs(device: torch.device, n: int = 22016, k: int = 2048) -> float | None:
-    """The int8 weight-only kernel engine/quantize.py uses for one token (int8 bytes / time)."""
-    from ..engine.quantize import Int8Linear, quantize_weight
-    if device.type == "cuda":
-        n, k = 4 * 18944, 3584
-    w = torch.randn(n, k, device=device) * 0.02
-    q, s = quantize_weight(w)
-    layer = Int8Linear(q, s, None, torch.bfloat16)
-    x = torch.randn(1, k, device=device, dtype=torch.bfloat16)
-    t = best_time(lambda: layer(x), device, repeats=10, min_time=0.2)
-    return q.numel() / t / 1e9
+    def sweep():
+        for x in xs:
+            x.sum()
+    return nbytes / best_time(sweep, device, repeats=10, min_time=0.2) / 1e9
 
 
 def measure(device: torch.device, progress=None) -> dict:
+    """Flat figures: `<fmt>_matvec_gbs` is the faster product's, `<fmt>_matvec_gbs_<product>` each one's."""
     out = {}
     for name, fn in (("bf16_matmul_gflops", lambda: matmul_gflops(torch.bfloat16, device)),
                      ("fp32_matmul_gflops", lambda: matmul_gflops(torch.float32, device)),
-                     ("bf16_matvec_gbs", lambda: matvec_gbs(torch.bfloat16, device)),
-                     ("fp32_matvec_gbs", lambda: matvec_gbs(torch.float32, device)),
-                     ("int8_matvec_gbs", lambda: int8_matvec_gbs(device))):
+                     ("memory_read_gbs", lambda: memory_read_gbs(device))):
         if progress:
             progress(f"ceiling: {name}")
         out[name] = round(fn(), 2)
+    for fmt, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32), ("int8", torch.int8)):
+        if progress:
+            progress(f"ceiling: {fmt}_matvec_gbs")
+        rates = MatvecProbe(dtype, device).rates()
+        out[f"{fmt}_matvec_gbs"] = round(max(rates.values()), 2)
+        out.update({f"{fmt}_matvec_gbs_{k}": round(v, 2) for k, v in rates.items()})
     return out

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..model.layers import UPCAST_MIN_ROWS
 
 _HAS_INT8PACK = hasattr(torch.ops.aten, "_weight_int8pack_mm")
@@ -59,6 +60,11 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
+        if rows < UPCAST_MIN_ROWS and kernels.applies(x.float(), self.qweight):
+            y = kernels.gemv_int8(x.float(), self.qweight, self.scale)
+            if self.bias is not None:
+                y.add_(self.bias)
+            return y.to(x.dtype)
         if _HAS_INT8PACK and x.device.type == "cpu" and rows < UPCAST_MIN_ROWS:
             shape = x.shape
             y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.qweight,

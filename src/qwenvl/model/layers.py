@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
+
 
 @lru_cache(maxsize=None)
 def _cpu_has_native(dtype: torch.dtype) -> bool:
@@ -71,6 +73,9 @@ class Linear(nn.Linear):
             return F.linear(x, w, b)
         rows = x.numel() // x.shape[-1]
         if rows < UPCAST_MIN_ROWS:
+            if w.dtype == torch.bfloat16 and kernels.applies(x, w):  # decoding on a CPU without bf16 matmuls
+                y = kernels.gemv_bf16(x, w)
+                return y if b is None else y.add_(b)
             return F.linear(x.to(w.dtype), w, b).to(x.dtype)
         if rows < BLOCKED_MAX_ROWS and not torch.is_grad_enabled():
             return blocked_upcast_linear(x, w, b)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..config import TextConfig
 from .layers import Linear, RMSNorm, SwiGLU, apply_rope, compute_dtype
 from .rope import mrope_cos_sin
@@ -109,9 +110,15 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, rows, start):
         B, L, _ = x.shape
+        D = self.head_dim
         q, k, v = self.project(x, cos, sin)
         if cache is not None:
             cache.write(layer, k, v, rows, start)
+            if L == 1 and cache.k.dtype == torch.bfloat16 and D % 8 == 0 and kernels.applies(q, cache.k):
+                # decoding under float32 compute: read the bf16 cache as it is (no float32 copy of it)
+                idx = torch.arange(cache.batch_size)[rows] if isinstance(rows, slice) else rows
+                o = kernels.attend_bf16(q, cache.k[layer], cache.v[layer], idx, mask.expand(B, 1, 1, -1))
+                return self.o_proj(o.view(B, 1, -1))
             S = mask.shape[-1]
             k, v = cache.k[layer, rows, :, :S], cache.v[layer, rows, :, :S]
             if k.dtype != q.dtype:  # a half-precision cache under float32 compute (layers.compute_dtype)

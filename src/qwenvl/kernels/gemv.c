@@ -1,0 +1,168 @@
+/* Matrix-vector products for decoding on x86 CPUs with AVX2 + FMA.
+ *
+ * y[m, n] = sum_k x[m, k] * W[n, k] for a few rows m, float32 activations and accumulation, with W
+ * stored as bfloat16 or as int8 with one float32 scale per output channel n. Decoding is bound by
+ * reading W, and aten's kernels for these two formats are compute-bound on AVX2 (they run well below
+ * the memory bandwidth on 2 cores); these stay close to it. Built and loaded by qwenvl/kernels/__init__.py.
+ *
+ * Each thread takes blocks of 4 output channels; 4 accumulators per row of W hide the FMA latency.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+
+static inline float hsum(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_hadd_ps(a, a);
+    a = _mm_hadd_ps(a, a);
+    return _mm_cvtss_f32(a);
+}
+
+static inline float bf16_to_float(uint16_t h) {
+    union { uint32_t u; float f; } v = { (uint32_t)h << 16 };
+    return v.f;
+}
+
+/* 8 bfloat16 -> 8 float32: a bfloat16 is the high half of a float32 */
+static inline __m256 load_bf16(const uint16_t* p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+}
+
+static inline __m256 load_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+}
+
+static float dot_bf16(const float* x, const uint16_t* w, long K) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    long k = 0;
+    for (; k + 32 <= K; k += 32) {
+        a0 = _mm256_fmadd_ps(load_bf16(w + k), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(load_bf16(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+        a2 = _mm256_fmadd_ps(load_bf16(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
+        a3 = _mm256_fmadd_ps(load_bf16(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
+    }
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; k < K; k++) s += x[k] * bf16_to_float(w[k]);
+    return s;
+}
+
+static float dot_i8(const float* x, const int8_t* q, long K) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    long k = 0;
+    for (; k + 32 <= K; k += 32) {
+        a0 = _mm256_fmadd_ps(load_i8(q + k), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(load_i8(q + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+        a2 = _mm256_fmadd_ps(load_i8(q + k + 16), _mm256_loadu_ps(x + k + 16), a2);
+        a3 = _mm256_fmadd_ps(load_i8(q + k + 24), _mm256_loadu_ps(x + k + 24), a3);
+    }
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; k < K; k++) s += x[k] * (float)q[k];
+    return s;
+}
+
+/* x [M, K] float32, w [N, K] bfloat16, y [M, N] float32; all contiguous */
+void qwenvl_gemv_bf16(const float* x, const uint16_t* w, float* y, long M, long N, long K) {
+    #pragma omp parallel for schedule(static)
+    for (long n0 = 0; n0 < N; n0 += 4) {
+        long n1 = n0 + 4 < N ? n0 + 4 : N;
+        for (long m = 0; m < M; m++)
+            for (long n = n0; n < n1; n++)
+                y[m * N + n] = dot_bf16(x + m * K, w + n * K, K);
+    }
+}
+
+/* x [M, K] float32, q [N, K] int8, scale [N] float32, y [M, N] float32; all contiguous */
+void qwenvl_gemv_int8(const float* x, const int8_t* q, const float* scale, float* y, long M, long N, long K) {
+    #pragma omp parallel for schedule(static)
+    for (long n0 = 0; n0 < N; n0 += 4) {
+        long n1 = n0 + 4 < N ? n0 + 4 : N;
+        for (long m = 0; m < M; m++)
+            for (long n = n0; n < n1; n++)
+                y[m * N + n] = dot_i8(x + m * K, q + n * K, K) * scale[n];
+    }
+}
+
+/* exp(x) for 8 floats (Cephes' polynomial after a reduction by ln 2; relative error ~2e-7), inputs <= 0
+ * here; below -87 the result flushes to 0 as float32's would. */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/* [sum(a[0]), ..., sum(a[7])] */
+static inline __m256 reduce8(const __m256* a) {
+    __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* One query per row against a bfloat16 KV cache (decoding), grouped-query attention.
+ * q [B, Hq, D] float32; k, v: one layer of the cache, [B_max, Hkv, S_max, D] bfloat16, of which rows[b]
+ * and the first S positions are read; mask [B, S] additive float32; out [B, Hq, D] float32.
+ * The query heads that share a key/value head go in groups of 8 (a smaller group padded with zero
+ * queries), one lane per head: each cached key and value row is read once per group, and the scores,
+ * the softmax (float32, as the reference) and the weights are vectors over the 8 heads.
+ * `scratch`: B * Hkv * ceil(G / 8) * (S + D) * 8 floats. D % 8 == 0. */
+void qwenvl_attend_bf16(const float* q, const uint16_t* k, const uint16_t* v, const long* rows, const float* mask,
+                        float* out, float* scratch, long B, long Hq, long Hkv, long S, long S_max, long D,
+                        float scale) {
+    long G = Hq / Hkv, groups = (G + 7) / 8;
+    #pragma omp parallel for schedule(static) collapse(3)
+    for (long b = 0; b < B; b++) {
+        for (long h = 0; h < Hkv; h++) {
+            for (long grp = 0; grp < groups; grp++) {
+                const uint16_t* kh = k + (rows[b] * Hkv + h) * S_max * D;
+                const uint16_t* vh = v + (rows[b] * Hkv + h) * S_max * D;
+                long g0 = h * G + grp * 8, n = G - grp * 8 < 8 ? G - grp * 8 : 8;
+                float* sc = scratch + ((b * Hkv + h) * groups + grp) * (S + D) * 8;  /* [S][8] */
+                float* qo = sc + S * 8;  /* [8][D]: the queries, then the outputs */
+                const float* mb = mask + b * S;
+                for (long j = 0; j < 8; j++)
+                    for (long d = 0; d < D; d++) qo[j * D + d] = j < n ? q[(b * Hq + g0 + j) * D + d] : 0.f;
+                __m256 mx = _mm256_set1_ps(-3.4e38f);
+                for (long s = 0; s < S; s++) {
+                    __m256 a[8];
+                    for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+                    for (long d = 0; d < D; d += 8) {
+                        __m256 kv = load_bf16(kh + s * D + d);
+                        for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(_mm256_loadu_ps(qo + j * D + d), kv, a[j]);
+                    }
+                    __m256 r = _mm256_fmadd_ps(reduce8(a), _mm256_set1_ps(scale), _mm256_set1_ps(mb[s]));
+                    _mm256_storeu_ps(sc + s * 8, r);
+                    mx = _mm256_max_ps(mx, r);
+                }
+                __m256 sum = _mm256_setzero_ps();
+                for (long s = 0; s < S; s++) {
+                    __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + s * 8), mx));
+                    _mm256_storeu_ps(sc + s * 8, e);
+                    sum = _mm256_add_ps(sum, e);
+                }
+                for (long i = 0; i < 8 * D; i++) qo[i] = 0.f;
+                for (long s = 0; s < S; s++) {
+                    float* p = sc + s * 8;
+                    for (long d = 0; d < D; d += 8) {
+                        __m256 vv = load_bf16(vh + s * D + d);
+                        for (int j = 0; j < 8; j++)
+                            _mm256_storeu_ps(qo + j * D + d, _mm256_fmadd_ps(_mm256_set1_ps(p[j]), vv,
+                                                                              _mm256_loadu_ps(qo + j * D + d)));
+                    }
+                }
+                float inv[8];
+                _mm256_storeu_ps(inv, _mm256_div_ps(_mm256_set1_ps(1.f), sum));
+                for (long j = 0; j < n; j++)
+                    for (long d = 0; d < D; d++) out[(b * Hq + g0 + j) * D + d] = qo[j * D + d] * inv[j];
+            }
+        }
+    }
+}

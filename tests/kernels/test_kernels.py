@@ -1,0 +1,150 @@
+"""The native CPU kernels (qwenvl/kernels) compute what the aten path computes, are used only where they apply,
+and a machine that cannot build them falls back with a warning."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qwenvl import kernels
+from qwenvl.engine.quantize import Int8Linear, quantize_weight
+from qwenvl.model.layers import Linear
+from qwenvl.model.text import attend
+
+needs_kernels = pytest.mark.skipif(not kernels.available(), reason="native kernels not buildable here")
+
+
+@needs_kernels
+@pytest.mark.parametrize("m,n,k", [(1, 37, 2048), (3, 64, 100), (1, 5, 7), (15, 130, 96)])
+def test_gemv_bf16_equals_float_product(m, n, k):
+    g = torch.Generator().manual_seed(m * n + k)
+    x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g).bfloat16()
+    torch.testing.assert_close(kernels.gemv_bf16(x, w), x.double().mm(w.double().t()).float(), rtol=1e-5, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("m,n,k", [(1, 37, 2048), (3, 64, 100), (1, 5, 7), (15, 130, 96)])
+def test_gemv_int8_equals_dequantized_product(m, n, k):
+    g = torch.Generator().manual_seed(m * n + k)
+    x = torch.randn(m, k, generator=g)
+    q, s = quantize_weight(torch.randn(n, k, generator=g))
+    ref = x.double().mm((q.double() * s.double()[:, None]).t()).float()
+    torch.testing.assert_close(kernels.gemv_int8(x, q, s), ref, rtol=1e-5, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("hq,hkv,d,s", [(16, 2, 128, 37), (28, 4, 128, 300), (40, 8, 128, 9), (20, 1, 64, 70),
+                                        (4, 4, 16, 1)])
+def test_attend_bf16_equals_attention_on_the_upcast_cache(hq, hkv, d, s):
+    """Groups of 8, 7, 5, 20 (two groups, the second padded) and 1 query heads per key/value head; rows picked
+    out of a larger cache; one row masked after its length, one fully masked (left padding: uniform average)."""
+    g = torch.Generator().manual_seed(hq + s)
+    k = torch.randn(4, hkv, s + 5, d, generator=g).bfloat16()
+    v = torch.randn(4, hkv, s + 5, d, generator=g).bfloat16()
+    rows = torch.tensor([3, 0, 1])
+    q = 3 * torch.randn(3, hq, 1, d, generator=g)
+    mask = torch.zeros(3, 1, 1, s)
+    mask[1, ..., s // 2 + 1:] = torch.finfo(torch.float32).min
+    mask[2] = torch.finfo(torch.float32).min
+    ref = attend(q, k[rows, :, :s].float(), v[rows, :, :s].float(), mask)
+    torch.testing.assert_close(kernels.attend_bf16(q, k, v, rows, mask), ref, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernels
+def test_layers_use_the_kernels_for_decoding_only(monkeypatch):
+    """One row without autograd: the native product. With autograd, or many rows: aten (and gradients flow)."""
+    calls = []
+    real = kernels.gemv_bf16
+    monkeypatch.setattr(kernels, "gemv_bf16", lambda x, w: calls.append(x.shape) or real(x, w))
+    lin = Linear(64, 24).to(torch.bfloat16)
+    x = torch.randn(1, 1, 64)
+    with torch.inference_mode():
+        y = lin(x)
+    assert calls == [(1, 1, 64)] and y.shape == (1, 1, 24) and y.dtype == torch.float32
+    torch.testing.assert_close(y, F.linear(x, lin.weight.float(), lin.bias.float()), rtol=1e-5, atol=1e-5)
+    xg = torch.randn(1, 64, requires_grad=True)
+    lin(xg).sum().backward()
+    assert xg.grad is not None and len(calls) == 1
+    with torch.inference_mode():
+        lin(torch.randn(40, 64))
+    assert len(calls) == 1
+
+    q = Int8Linear.from_linear(lin)
+    with torch.inference_mode():
+        got = q(x)
+    ref = F.linear(x, q.dequantize(torch.float32), lin.bias.float())
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_cached_decoding_with_kernels_equals_aten(monkeypatch):
+    """A bf16 decoder under float32 compute, prefilled then decoding 4 tokens with a KV cache (2 rows): the
+    native products and attention give the logits the aten path gives (which rounds each product's input to
+    bf16: hence the tolerance), and they are the ones that ran."""
+    from qwenvl.model import layers, text
+    from qwenvl.model.weights import random_model
+    from qwenvl.tiny import build_tokenizer, tiny_config, token_ids
+    for mod in (layers, text):
+        monkeypatch.setattr(mod, "compute_dtype", lambda dtype, device: torch.float32)
+    tok = build_tokenizer()
+    model = random_model(tiny_config(token_ids(tok), vocab_size=tok.get_vocab_size() + 6), torch.bfloat16, seed=5)
+    lm = model.language_model
+    ids = torch.randint(0, 400, (2, 12), generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(12).expand(3, 2, 12)
+    used = []
+    for name in ("gemv_bf16", "attend_bf16"):
+        monkeypatch.setattr(kernels, name, lambda *a, f=getattr(kernels, name), n=name: used.append(n) or f(*a))
+
+    def decode():
+        cache = model.new_cache(2, 16)
+        with torch.inference_mode():
+            x = lm.embed_tokens(ids)
+            causal = torch.ones(8, 8, dtype=torch.bool).tril().expand(2, 1, 8, 8)
+            out = [model.logits(lm(x[:, :8], pos[..., :8], causal, cache))[:, -1]]
+            for t in range(8, 12):
+                keys = torch.ones(2, 1, 1, t + 1, dtype=torch.bool)
+                out.append(model.logits(lm(x[:, t:t + 1], pos[..., t:t + 1], keys, cache))[:, -1])
+        return torch.stack(out)
+
+    native = decode()
+    assert {"gemv_bf16", "attend_bf16"} <= set(used)
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    used.clear()
+    ref = decode()
+    assert not used
+    err = float((native - ref).norm() / ref.norm())
+    assert err < 2e-2
+    assert (native.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.8
+
+
+def test_a_failing_build_falls_back_with_a_warning(monkeypatch, tmp_path):
+    cc = tmp_path / "cc"
+    cc.write_text("#!/bin/sh\necho 'no compiler here' >&2\nexit 1\n")
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setenv("QWENVL_CACHE", str(tmp_path / "cache"))
+    kernels._library.cache_clear()
+    try:
+        if platform.machine() != "x86_64" or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+            pytest.skip("no AVX2: the kernels are never built here")
+        with pytest.warns(UserWarning, match="no compiler here"):
+            assert not kernels.available()
+        lin = Linear(16, 8).to(torch.bfloat16)
+        with torch.inference_mode():
+            torch.testing.assert_close(lin(torch.ones(1, 16)), F.linear(torch.ones(1, 16).bfloat16(), lin.weight,
+                                                                        lin.bias).float())
+        assert not list((tmp_path / "cache").rglob("*.so"))
+    finally:
+        kernels._library.cache_clear()
+
+
+def test_the_switch_turns_them_off(monkeypatch):
+    monkeypatch.setenv("QWENVL_NATIVE_KERNELS", "0")
+    kernels._library.cache_clear()
+    try:
+        assert not kernels.available()
+    finally:
+        kernels._library.cache_clear()
