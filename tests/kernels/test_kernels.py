@@ -54,6 +54,23 @@ def test_attend_bf16_equals_attention_on_the_upcast_cache(hq, hkv, d, s):
 
 
 @needs_kernels
+@pytest.mark.parametrize("wdtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(1, 1, 2048), (3, 7, 100)])
+def test_rms_norm_equals_aten(wdtype, shape):
+    from qwenvl.model.layers import RMSNorm
+    norm = RMSNorm(shape[-1], eps=1e-5).to(wdtype)
+    norm.weight.data.normal_(generator=torch.Generator().manual_seed(1))
+    x = 5 * torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    ref = norm.weight.float() * F.rms_norm(x, shape[-1:], eps=1e-5)
+    torch.testing.assert_close(kernels.rms_norm(x, norm.weight, 1e-5), ref, rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(norm(x), ref, rtol=1e-5, atol=1e-5)
+    xg = x.clone().requires_grad_()
+    norm(xg).sum().backward()  # autograd: the aten path
+    assert xg.grad is not None
+
+
+@needs_kernels
 def test_layers_use_the_kernels_for_decoding_only(monkeypatch):
     """One row without autograd: the native product. With autograd, or many rows: aten (and gradients flow)."""
     calls = []

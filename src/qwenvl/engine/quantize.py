@@ -4,11 +4,13 @@ Each output channel (row of the weight) gets one symmetric scale, max|w| / 127; 
 floating point. Decoding reads half the bytes of bfloat16 weights per token, which is what bounds
 its speed.
 
-Kernels (chosen once per layer, by device):
-- CPU: `torch.ops.aten._weight_int8pack_mm` (int8 weights, bf16/fp32 activations, per-channel scales) on
-  a bfloat16 input: measured on an AVX2 EPYC at ~2x a bf16 matrix-vector product of the same shape,
-  while dequantizing the weight on every call is ~10x slower than bf16. Inputs with many rows (prefill,
-  the tower) dequantize once per call and run a float GEMM: the cast is amortised there.
+Kernels (chosen per call, by device and rows):
+- CPU, fewer than UPCAST_MIN_ROWS rows (decoding): qwenvl.kernels' native int8 product where it is built
+  (x86 with AVX2, a C compiler): ~1.7x a bf16 product of the same shape on 2 AVX2 EPYC cores. Else aten's
+  `_weight_int8pack_mm` (int8 weights, bf16 activations, per-channel scales), compute-bound on AVX2: ~1.3x
+  bf16 per weight. Dequantizing the weight on every call would be ~10x slower than bf16.
+- inputs with many rows (prefill, the tower) dequantize once per call and run a float GEMM: the cast is
+  amortised there.
 - elsewhere (CUDA): dequantize per call and use the float GEMM (simple and correct; not a fast path).
 """
 
@@ -60,8 +62,8 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if rows < UPCAST_MIN_ROWS and kernels.applies(x.float(), self.qweight):
-            y = kernels.gemv_int8(x.float(), self.qweight, self.scale)
+        if rows < UPCAST_MIN_ROWS and kernels.applies(xf := x.float(), self.qweight):
+            y = kernels.gemv_int8(xf, self.qweight, self.scale)
             if self.bias is not None:
                 y.add_(self.bias)
             return y.to(x.dtype)

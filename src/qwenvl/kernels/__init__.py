@@ -82,7 +82,9 @@ def _library() -> ctypes.CDLL | None:
     lib.qwenvl_gemv_bf16.argtypes = [p, p, p, n, n, n]
     lib.qwenvl_gemv_int8.argtypes = [p, p, p, p, n, n, n]
     lib.qwenvl_attend_bf16.argtypes = [p, p, p, p, p, p, p, n, n, n, n, n, n, ctypes.c_float]
-    lib.qwenvl_gemv_bf16.restype = lib.qwenvl_gemv_int8.restype = lib.qwenvl_attend_bf16.restype = None
+    lib.qwenvl_rms_norm.argtypes = [p, p, ctypes.c_int, p, n, n, ctypes.c_float]
+    for f in (lib.qwenvl_gemv_bf16, lib.qwenvl_gemv_int8, lib.qwenvl_attend_bf16, lib.qwenvl_rms_norm):
+        f.restype = None
     return lib
 
 
@@ -98,27 +100,21 @@ def applies(x: torch.Tensor, w: torch.Tensor) -> bool:
             and available())
 
 
-def _rows(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    return x2, torch.empty(x2.shape[0], w.shape[0], dtype=torch.float32)
-
-
 def gemv_bf16(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x [..., K] float32 @ w.T with w [N, K] bfloat16 -> [..., N] float32. Check `applies` first."""
-    x2, y = _rows(x, w)
-    _library().qwenvl_gemv_bf16(x2.data_ptr(), w.data_ptr(), y.data_ptr(), x2.shape[0], w.shape[0],
-                                w.shape[1])
-    return y.view(*x.shape[:-1], w.shape[0])
+    x = x if x.is_contiguous() else x.contiguous()
+    (N, K), y = w.shape, torch.empty(*x.shape[:-1], w.shape[0])
+    _library().qwenvl_gemv_bf16(x.data_ptr(), w.data_ptr(), y.data_ptr(), x.numel() // K, N, K)
+    return y
 
 
 def gemv_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x [..., K] float32 @ (q * scale[:, None]).T with q [N, K] int8 and scale [N] float32 -> [..., N]
-    float32. Check `applies` first."""
-    x2, y = _rows(x, q)
-    scale = scale.contiguous()
-    _library().qwenvl_gemv_int8(x2.data_ptr(), q.data_ptr(), scale.data_ptr(), y.data_ptr(), x2.shape[0],
-                                q.shape[0], q.shape[1])
-    return y.view(*x.shape[:-1], q.shape[0])
+    """x [..., K] float32 @ (q * scale[:, None]).T with q [N, K] int8 and scale [N] float32 (contiguous) ->
+    [..., N] float32. Check `applies` first."""
+    x = x if x.is_contiguous() else x.contiguous()
+    (N, K), y = q.shape, torch.empty(*x.shape[:-1], q.shape[0])
+    _library().qwenvl_gemv_int8(x.data_ptr(), q.data_ptr(), scale.data_ptr(), y.data_ptr(), x.numel() // K, N, K)
+    return y
 
 
 def attend_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor
@@ -134,4 +130,14 @@ def attend_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.T
     scratch = torch.empty(B * Hkv * -(-Hq // Hkv // 8) * (S + D) * 8, dtype=torch.float32)
     _library().qwenvl_attend_bf16(q.data_ptr(), k.data_ptr(), v.data_ptr(), rows.data_ptr(), mask.data_ptr(),
                                   out.data_ptr(), scratch.data_ptr(), B, Hq, Hkv, S, S_max, D, D ** -0.5)
+    return out
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """w * x / sqrt(mean(x^2, -1) + eps) for x [..., D] float32 and w [D] float32 or bfloat16 (contiguous) ->
+    float32. One call instead of aten's ~8 small ops (60 vs ~10 us per call for a 2048-wide decoding row)."""
+    x = x if x.is_contiguous() else x.contiguous()
+    out, D = torch.empty_like(x), x.shape[-1]
+    _library().qwenvl_rms_norm(x.data_ptr(), w.data_ptr(), int(w.dtype == torch.bfloat16), out.data_ptr(),
+                               x.numel() // D, D, eps)
     return out

