@@ -1,9 +1,11 @@
-"""Native matrix-vector products for CPU decoding (gemv.c), built on first use with the system C compiler.
+"""Native CPU kernels for decoding (gemv.c), built on first use with the system C compiler.
 
 Decoding reads every weight once per token, so its speed is the speed of the matrix-vector products. On
 an x86 CPU without bf16 matrix instructions, aten's bf16 and weight-only int8 products are compute-bound
 (measured on 2 AVX2 EPYC cores: 10-14 GB/s for bf16, 9-15 G int8 weights/s), while the memory delivers
-~19 GB/s. gemv.c's AVX2 loops reach 17-18 GB/s (bf16) and 14-17 GB/s (int8) on the same shapes.
+~19 GB/s. gemv.c's AVX2 loops reach 16-18 GB/s (bf16) and 14-17 G weights/s (int8) on the same shapes.
+It also holds the two other per-token costs that aten spreads over many small ops: attention over the
+bf16 KV cache (aten's path first copies the cache to float32) and RMSNorm.
 
 Used only where they apply: x86-64 with AVX2, a C compiler (`$CC` or cc/gcc), contiguous CPU tensors,
 no autograd, not inside torch.compile. Anywhere else `available()` is False and callers use aten.
@@ -125,7 +127,7 @@ def attend_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.T
     B, Hq, _, D = q.shape
     Hkv, S_max = k.shape[1], k.shape[2]
     S = mask.shape[-1]
-    q, rows, mask = q.contiguous(), rows.contiguous(), mask.reshape(B, S).contiguous()
+    q, rows, mask = q.contiguous(), rows.to(torch.long).contiguous(), mask.reshape(B, S).contiguous()
     out = torch.empty(B, Hq, 1, D, dtype=torch.float32)
     scratch = torch.empty(B * Hkv * -(-Hq // Hkv // 8) * (S + D) * 8, dtype=torch.float32)
     _library().qwenvl_attend_bf16(q.data_ptr(), k.data_ptr(), v.data_ptr(), rows.data_ptr(), mask.data_ptr(),
