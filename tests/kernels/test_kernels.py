@@ -51,6 +51,9 @@ def test_attend_bf16_equals_attention_on_the_upcast_cache(hq, hkv, d, s):
     mask[2] = torch.finfo(torch.float32).min
     ref = attend(q, k[rows, :, :s].float(), v[rows, :, :s].float(), mask)
     torch.testing.assert_close(kernels.attend_bf16(q, k, v, rows, mask), ref, rtol=1e-4, atol=1e-5)
+    # rows None: the first B rows of the given block (the model passes a slice of consecutive rows this way)
+    got = kernels.attend_bf16(q, k[rows].contiguous(), v[rows].contiguous(), None, mask)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
 
 
 @needs_kernels

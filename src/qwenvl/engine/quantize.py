@@ -62,7 +62,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if rows < UPCAST_MIN_ROWS and kernels.applies(xf := x.float(), self.qweight):
+        if rows < UPCAST_MIN_ROWS and x.device.type == "cpu" and kernels.applies(xf := x.float(), self.qweight):
             y = kernels.gemv_int8(xf, self.qweight, self.scale)
             if self.bias is not None:
                 y.add_(self.bias)

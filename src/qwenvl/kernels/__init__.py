@@ -119,19 +119,21 @@ def gemv_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Te
     return y
 
 
-def attend_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor
+def attend_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None, mask: torch.Tensor
                 ) -> torch.Tensor:
     """Decoding attention on a bfloat16 cache: q [B, Hq, 1, D] float32; k, v one layer of the cache
-    [B_max, Hkv, S_max, D] bfloat16 (contiguous); rows [B] int64, the cache rows of q's B rows; mask
-    [B, 1, 1, S] additive float32 over the first S cached positions -> [B, Hq, 1, D] float32."""
+    [B_max, Hkv, S_max, D] bfloat16 (contiguous); rows [B] int64, the cache rows of q's B rows (None: rows
+    0..B-1); mask [B, 1, 1, S] additive float32 over the first S cached positions -> [B, Hq, 1, D] float32."""
     B, Hq, _, D = q.shape
     Hkv, S_max = k.shape[1], k.shape[2]
     S = mask.shape[-1]
-    q, rows, mask = q.contiguous(), rows.to(torch.long).contiguous(), mask.reshape(B, S).contiguous()
+    q, mask = q.contiguous(), mask.reshape(B, S).contiguous()
+    rows = None if rows is None else rows.to(torch.long).contiguous()
     out = torch.empty(B, Hq, 1, D, dtype=torch.float32)
     scratch = torch.empty(B * Hkv * -(-Hq // Hkv // 8) * (S + D) * 8, dtype=torch.float32)
-    _library().qwenvl_attend_bf16(q.data_ptr(), k.data_ptr(), v.data_ptr(), rows.data_ptr(), mask.data_ptr(),
-                                  out.data_ptr(), scratch.data_ptr(), B, Hq, Hkv, S, S_max, D, D ** -0.5)
+    _library().qwenvl_attend_bf16(q.data_ptr(), k.data_ptr(), v.data_ptr(), None if rows is None else rows.data_ptr(),
+                                  mask.data_ptr(), out.data_ptr(), scratch.data_ptr(), B, Hq, Hkv, S, S_max, D,
+                                  D ** -0.5)
     return out
 
 

@@ -85,7 +85,7 @@ void qwenvl_gemv_int8(const float* x, const int8_t* q, const float* scale, float
 }
 
 /* exp(x) for 8 floats (Cephes' polynomial after a reduction by ln 2; relative error ~2e-7), inputs <= 0
- * here; below -87 the result flushes to 0 as float32's would. */
+ * here. Inputs below -87.3 are clamped to it (~1e-38 instead of 0: masked keys weigh nothing either way). */
 static inline __m256 exp8(__m256 x) {
     x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
     __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
@@ -112,7 +112,7 @@ static inline __m256 reduce8(const __m256* a) {
 
 /* One query per row against a bfloat16 KV cache (decoding), grouped-query attention.
  * q [B, Hq, D] float32; k, v: one layer of the cache, [B_max, Hkv, S_max, D] bfloat16, of which rows[b]
- * and the first S positions are read; mask [B, S] additive float32; out [B, Hq, D] float32.
+ * (row b when rows is NULL) and the first S positions are read; mask [B, S] additive float32; out [B, Hq, D] float32.
  * The query heads that share a key/value head go in groups of 8 (a smaller group padded with zero
  * queries), one lane per head: each cached key and value row is read once per group, and the scores,
  * the softmax (float32, as the reference) and the weights are vectors over the 8 heads.
@@ -125,8 +125,9 @@ void qwenvl_attend_bf16(const float* q, const uint16_t* k, const uint16_t* v, co
     for (long b = 0; b < B; b++) {
         for (long h = 0; h < Hkv; h++) {
             for (long grp = 0; grp < groups; grp++) {
-                const uint16_t* kh = k + (rows[b] * Hkv + h) * S_max * D;
-                const uint16_t* vh = v + (rows[b] * Hkv + h) * S_max * D;
+                long row = rows ? rows[b] : b;
+                const uint16_t* kh = k + (row * Hkv + h) * S_max * D;
+                const uint16_t* vh = v + (row * Hkv + h) * S_max * D;
                 long g0 = h * G + grp * 8, n = G - grp * 8 < 8 ? G - grp * 8 : 8;
                 float* sc = scratch + ((b * Hkv + h) * groups + grp) * (S + D) * 8;  /* [S][8] */
                 float* qo = sc + S * 8;  /* [8][D]: the queries, then the outputs */

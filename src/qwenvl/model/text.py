@@ -116,8 +116,11 @@ class Attention(nn.Module):
             cache.write(layer, k, v, rows, start)
             if L == 1 and cache.k.dtype == torch.bfloat16 and D % 8 == 0 and kernels.applies(q, cache.k):
                 # decoding under float32 compute: read the bf16 cache as it is (no float32 copy of it)
-                idx = torch.arange(cache.batch_size)[rows] if isinstance(rows, slice) else rows
-                o = kernels.attend_bf16(q, cache.k[layer], cache.v[layer], idx, mask.expand(B, 1, 1, -1))
+                if isinstance(rows, slice):  # consecutive rows: a contiguous block of the cache
+                    k, v, idx = cache.k[layer, rows], cache.v[layer, rows], None
+                else:
+                    k, v, idx = cache.k[layer], cache.v[layer], rows
+                o = kernels.attend_bf16(q, k, v, idx, mask.expand(B, 1, 1, -1))
                 return self.o_proj(o.view(B, 1, -1))
             S = mask.shape[-1]
             k, v = cache.k[layer, rows, :, :S], cache.v[layer, rows, :, :S]
