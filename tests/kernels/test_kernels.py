@@ -18,21 +18,43 @@ needs_kernels = pytest.mark.skipif(not kernels.available(), reason="native kerne
 
 
 @needs_kernels
-@pytest.mark.parametrize("m,n,k", [(1, 37, 2048), (3, 64, 100), (1, 5, 7), (15, 130, 96)])
-def test_gemv_bf16_equals_float_product(m, n, k):
+@pytest.mark.parametrize("m,n,k", [(1, 37, 2048), (3, 64, 100), (1, 5, 7), (15, 130, 96), (2, 8, 40)])
+@pytest.mark.parametrize("bias", [None, torch.float32, torch.bfloat16])
+def test_gemv_bf16_equals_float_product(m, n, k, bias):
+    """Blocks of 4 rows with a tail block, columns in steps of 32 with a tail, optional bias of either dtype."""
     g = torch.Generator().manual_seed(m * n + k)
     x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g).bfloat16()
-    torch.testing.assert_close(kernels.gemv_bf16(x, w), x.double().mm(w.double().t()).float(), rtol=1e-5, atol=1e-4)
+    b = None if bias is None else torch.randn(n, generator=g).to(bias)
+    ref = x.double().mm(w.double().t()) + (0 if b is None else b.double())
+    torch.testing.assert_close(kernels.gemv_bf16(x, w, b), ref.float(), rtol=1e-5, atol=1e-4)
 
 
 @needs_kernels
-@pytest.mark.parametrize("m,n,k", [(1, 37, 2048), (3, 64, 100), (1, 5, 7), (15, 130, 96)])
-def test_gemv_int8_equals_dequantized_product(m, n, k):
+@pytest.mark.parametrize("m,n,k", [(1, 37, 2048), (3, 64, 100), (1, 5, 7), (15, 130, 96), (1, 64, 2048),
+                                   (3, 8, 48)])
+@pytest.mark.parametrize("bias", [None, torch.bfloat16])
+def test_gemv_int8_equals_dequantized_product(m, n, k, bias):
+    """Row-major weights, and packed ones where the shape allows (n % 4 == 0, k % 16 == 0)."""
     g = torch.Generator().manual_seed(m * n + k)
     x = torch.randn(m, k, generator=g)
     q, s = quantize_weight(torch.randn(n, k, generator=g))
-    ref = x.double().mm((q.double() * s.double()[:, None]).t()).float()
-    torch.testing.assert_close(kernels.gemv_int8(x, q, s), ref, rtol=1e-5, atol=1e-4)
+    b = None if bias is None else torch.randn(n, generator=g).to(bias)
+    ref = (x.double().mm((q.double() * s.double()[:, None]).t()) + (0 if b is None else b.double())).float()
+    torch.testing.assert_close(kernels.gemv_int8(x, q, s, b), ref, rtol=1e-5, atol=1e-4)
+    assert kernels.packable(q) == (n % 4 == 0 and k % 16 == 0)
+    if kernels.packable(q):
+        packed = kernels.pack_int8(q)
+        assert packed.shape == (n // 4, k // 16, 4, 16) and torch.equal(kernels.unpack_int8(packed), q)
+        torch.testing.assert_close(kernels.gemv_int8(x, packed, s, b), ref, rtol=1e-5, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(1, 1, 2 * 11008), (3, 2 * 13)])
+def test_silu_mul_equals_aten(shape):
+    gu = 6 * torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    gu.view(-1)[:4] = torch.tensor([-200.0, 200.0, 0.0, -90.0])  # far tails: no overflow, no NaN
+    gate, up = gu.chunk(2, dim=-1)
+    torch.testing.assert_close(kernels.silu_mul(gu), F.silu(gate) * up, rtol=1e-5, atol=1e-6)
 
 
 @needs_kernels
@@ -78,7 +100,7 @@ def test_layers_use_the_kernels_for_decoding_only(monkeypatch):
     """One row without autograd: the native product. With autograd, or many rows: aten (and gradients flow)."""
     calls = []
     real = kernels.gemv_bf16
-    monkeypatch.setattr(kernels, "gemv_bf16", lambda x, w: calls.append(x.shape) or real(x, w))
+    monkeypatch.setattr(kernels, "gemv_bf16", lambda x, w, b=None: calls.append(x.shape) or real(x, w, b))
     lin = Linear(64, 24).to(torch.bfloat16)
     x = torch.randn(1, 1, 64)
     with torch.inference_mode():
@@ -93,10 +115,15 @@ def test_layers_use_the_kernels_for_decoding_only(monkeypatch):
     assert len(calls) == 1
 
     q = Int8Linear.from_linear(lin)
-    with torch.inference_mode():
-        got = q(x)
+    assert q.qweight.shape == (6, 4, 4, 16)  # packed for the native product
+    assert torch.equal(q.weight_int8(), quantize_weight(lin.weight)[0])
     ref = F.linear(x, q.dequantize(torch.float32), lin.bias.float())
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(q(x), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(q(x.expand(40, 1, 64)), ref.expand(40, 1, 24), rtol=1e-5, atol=1e-5)  # prefill
+    monkeypatch.setattr(kernels, "available", lambda: False)  # aten's int8 kernel takes the packed weights too
+    with torch.inference_mode():
+        torch.testing.assert_close(q(x), ref, rtol=1e-2, atol=1e-2)
 
 
 @needs_kernels
@@ -105,17 +132,19 @@ def test_cached_decoding_with_kernels_equals_aten(monkeypatch):
     native products and attention give the logits the aten path gives (which rounds each product's input to
     bf16: hence the tolerance), and they are the ones that ran."""
     from qwenvl.model import layers, text
+    from qwenvl.model.fuse import fuse_projections
     from qwenvl.model.weights import random_model
     from qwenvl.tiny import build_tokenizer, tiny_config, token_ids
     for mod in (layers, text):
         monkeypatch.setattr(mod, "compute_dtype", lambda dtype, device: torch.float32)
     tok = build_tokenizer()
     model = random_model(tiny_config(token_ids(tok), vocab_size=tok.get_vocab_size() + 6), torch.bfloat16, seed=5)
+    fuse_projections(model)  # as loaded for inference: q/k/v with biases in one product, gate/up in one
     lm = model.language_model
     ids = torch.randint(0, 400, (2, 12), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(12).expand(3, 2, 12)
     used = []
-    for name in ("gemv_bf16", "attend_bf16"):
+    for name in ("gemv_bf16", "attend_bf16", "silu_mul"):
         monkeypatch.setattr(kernels, name, lambda *a, f=getattr(kernels, name), n=name: used.append(n) or f(*a))
 
     def decode():
@@ -130,7 +159,7 @@ def test_cached_decoding_with_kernels_equals_aten(monkeypatch):
         return torch.stack(out)
 
     native = decode()
-    assert {"gemv_bf16", "attend_bf16"} <= set(used)
+    assert {"gemv_bf16", "attend_bf16", "silu_mul"} <= set(used)
     monkeypatch.setattr(kernels, "available", lambda: False)
     used.clear()
     ref = decode()

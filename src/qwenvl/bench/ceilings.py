@@ -75,11 +75,13 @@ class MatvecProbe:
                 layer = Linear(k, n, bias=False, device="meta")
                 layer.weight = torch.nn.Parameter(w.to(device, dtype), requires_grad=False)
                 self.layers.append(layer)
-        self.products["engine"] = lambda layer: layer(x_compute)
+        self.products["engine"] = lambda i: self.layers[i](x_compute)
         if dtype != torch.int8:
-            self.products["aten"] = lambda layer: F.linear(x, layer.weight)
+            self.products["aten"] = lambda i: F.linear(x, self.layers[i].weight)
         elif _HAS_INT8PACK and device.type == "cpu":
-            self.products["aten"] = lambda layer: torch.ops.aten._weight_int8pack_mm(x, layer.qweight, layer.scale_bf16)
+            # aten's kernel takes the weights as [out, in]; the engine's may hold them packed for its own
+            q = [m.weight_int8() for m in self.layers]
+            self.products["aten"] = lambda i: torch.ops.aten._weight_int8pack_mm(x, q[i], self.layers[i].scale_bf16)
 
     @property
     def nbytes(self) -> int:
@@ -91,8 +93,8 @@ class MatvecProbe:
         out = {}
         for name, product in self.products.items():
             def sweep(product=product):
-                for layer in self.layers:
-                    product(layer)
+                for i in range(len(self.layers)):
+                    product(i)
             out[name] = self.nbytes / best_time(sweep, self.device, repeats=repeats, min_time=min_time) / 1e9
         return out
 

@@ -6,7 +6,8 @@ its speed.
 
 Kernels (chosen per call, by device and rows):
 - CPU, fewer than UPCAST_MIN_ROWS rows (decoding): qwenvl.kernels' native int8 product where it is built
-  (x86 with AVX2, a C compiler): ~1.7x a bf16 product of the same shape on 2 AVX2 EPYC cores. Else aten's
+  (x86 with AVX2, a C compiler), on weights packed for it: ~1.7-1.9x a bf16 product of the same shape on
+  2 AVX2 EPYC cores. Else aten's
   `_weight_int8pack_mm` (int8 weights, bf16 activations, per-channel scales), compute-bound on AVX2: ~1.3x
   bf16 per weight. Dequantizing the weight on every call would be ~10x slower than bf16.
 - inputs with many rows (prefill, the tower) dequantize once per call and run a float GEMM: the cast is
@@ -40,12 +41,16 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Int8Linear(nn.Module):
     """y = x @ (q * scale)^T + bias, with q int8 [out, in] and one float scale per output channel.
-    `dtype` is the floating dtype of the original weights (the output dtype for inputs of that dtype)."""
+    `dtype` is the floating dtype of the original weights (the output dtype for inputs of that dtype).
+
+    Where qwenvl.kernels' packed int8 product applies (a CPU it builds on, out % 4 == 0 and in % 16 == 0),
+    `qweight` is stored packed in blocks of 4 rows ([out / 4, in / 16, 4, 16], kernels.pack_int8), the
+    layout that product streams fastest; `weight_int8()` gives the [out, in] matrix either way."""
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
         super().__init__()
         self.in_features, self.out_features = qweight.shape[1], qweight.shape[0]
-        self.register_buffer("qweight", qweight)
+        self.register_buffer("qweight", kernels.pack_int8(qweight) if kernels.packable(qweight) else qweight)
         self.register_buffer("scale", scale.float())
         # int8pack_mm takes the scales in the activation's dtype: keep a bf16 copy (tiny) for the fast path
         self.register_buffer("scale_bf16", scale.to(torch.bfloat16))
@@ -57,24 +62,26 @@ class Int8Linear(nn.Module):
         q, s = quantize_weight(linear.weight)
         return cls(q, s, linear.bias, linear.weight.dtype)
 
+    def weight_int8(self) -> torch.Tensor:
+        """The int8 weights as [out, in] (a copy when they are stored packed)."""
+        return kernels.unpack_int8(self.qweight) if self.qweight.dim() == 4 else self.qweight
+
     def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
-        return (self.qweight.to(torch.float32) * self.scale[:, None]).to(dtype)
+        return (self.weight_int8().to(torch.float32) * self.scale[:, None]).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if rows < UPCAST_MIN_ROWS and x.device.type == "cpu" and kernels.applies(xf := x.float(), self.qweight):
-            y = kernels.gemv_int8(xf, self.qweight, self.scale)
-            if self.bias is not None:
-                y.add_(self.bias)
-            return y.to(x.dtype)
-        if _HAS_INT8PACK and x.device.type == "cpu" and rows < UPCAST_MIN_ROWS:
-            shape = x.shape
-            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.qweight,
-                                                   self.scale_bf16)
-            y = y.view(*shape[:-1], -1)
-            if self.bias is not None:
-                y = y + self.bias.to(y.dtype)
-            return y.to(x.dtype)
+        if rows < UPCAST_MIN_ROWS and x.device.type == "cpu":
+            if kernels.applies(xf := x.float(), self.qweight):
+                return kernels.gemv_int8(xf, self.qweight, self.scale, self.bias).to(x.dtype)
+            if _HAS_INT8PACK:
+                shape = x.shape
+                y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight_int8(),
+                                                       self.scale_bf16)
+                y = y.view(*shape[:-1], -1)
+                if self.bias is not None:
+                    y = y + self.bias.to(y.dtype)
+                return y.to(x.dtype)
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:

@@ -2,10 +2,11 @@
 
 Decoding reads every weight once per token, so its speed is the speed of the matrix-vector products. On
 an x86 CPU without bf16 matrix instructions, aten's bf16 and weight-only int8 products are compute-bound
-(measured on 2 AVX2 EPYC cores: 10-14 GB/s for bf16, 9-15 G int8 weights/s), while the memory delivers
-~19 GB/s. gemv.c's AVX2 loops reach 16-18 GB/s (bf16) and 14-17 G weights/s (int8) on the same shapes.
-It also holds the two other per-token costs that aten spreads over many small ops: attention over the
-bf16 KV cache (aten's path first copies the cache to float32) and RMSNorm.
+(measured on 2 AVX2 EPYC cores: 10-15 GB/s for bf16, 8-10 G int8 weights/s), while the memory delivers
+21-26 GB/s. gemv.c's AVX2 loops reach a median 18-19 GB/s (bf16) and 19-20 G weights/s (int8, on weights
+packed for it by `pack_int8`) over the 3B decoder's shapes. It also holds the other per-token costs that
+aten spreads over many small ops: attention over the bf16 KV cache (aten's path first copies the cache to
+float32), RMSNorm and the SwiGLU activation.
 
 Used only where they apply: x86-64 with AVX2, a C compiler (`$CC` or cc/gcc), contiguous CPU tensors,
 no autograd, not inside torch.compile. Anywhere else `available()` is False and callers use aten.
@@ -81,11 +82,15 @@ def _library() -> ctypes.CDLL | None:
         warnings.warn(f"qwenvl: native CPU kernels not built, using aten's ({detail.strip()[:300]})")
         return None
     p, n = ctypes.c_void_p, ctypes.c_long
-    lib.qwenvl_gemv_bf16.argtypes = [p, p, p, n, n, n]
-    lib.qwenvl_gemv_int8.argtypes = [p, p, p, p, n, n, n]
+    i = ctypes.c_int
+    lib.qwenvl_gemv_bf16.argtypes = [p, p, p, i, p, n, n, n]
+    lib.qwenvl_gemv_int8.argtypes = [p, p, p, p, i, p, n, n, n]
+    lib.qwenvl_gemv_int8_packed.argtypes = [p, p, p, p, i, p, n, n, n]
+    lib.qwenvl_silu_mul.argtypes = [p, p, n, n]
     lib.qwenvl_attend_bf16.argtypes = [p, p, p, p, p, p, p, n, n, n, n, n, n, ctypes.c_float]
     lib.qwenvl_rms_norm.argtypes = [p, p, ctypes.c_int, p, n, n, ctypes.c_float]
-    for f in (lib.qwenvl_gemv_bf16, lib.qwenvl_gemv_int8, lib.qwenvl_attend_bf16, lib.qwenvl_rms_norm):
+    for f in (lib.qwenvl_gemv_bf16, lib.qwenvl_gemv_int8, lib.qwenvl_gemv_int8_packed, lib.qwenvl_silu_mul,
+              lib.qwenvl_attend_bf16, lib.qwenvl_rms_norm):
         f.restype = None
     return lib
 
@@ -102,21 +107,65 @@ def applies(x: torch.Tensor, w: torch.Tensor) -> bool:
             and available())
 
 
-def gemv_bf16(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x [..., K] float32 @ w.T with w [N, K] bfloat16 -> [..., N] float32. Check `applies` first."""
-    x = x if x.is_contiguous() else x.contiguous()
+def _bias(b: torch.Tensor | None) -> torch.Tensor | None:
+    if b is None or (b.dtype in (torch.float32, torch.bfloat16) and b.is_contiguous()):
+        return b
+    return b.float().contiguous()
+
+
+def _bias_args(b: torch.Tensor | None) -> tuple[int | None, int]:
+    return (None, 0) if b is None else (b.data_ptr(), int(b.dtype == torch.bfloat16))
+
+
+def gemv_bf16(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] float32 @ w.T + b with w [N, K] bfloat16 and b [N] float32 or bfloat16 (contiguous) -> [..., N]
+    float32. Check `applies` first."""
+    x, b = x if x.is_contiguous() else x.contiguous(), _bias(b)
     (N, K), y = w.shape, torch.empty(*x.shape[:-1], w.shape[0])
-    _library().qwenvl_gemv_bf16(x.data_ptr(), w.data_ptr(), y.data_ptr(), x.numel() // K, N, K)
+    _library().qwenvl_gemv_bf16(x.data_ptr(), w.data_ptr(), *_bias_args(b), y.data_ptr(), x.numel() // K, N, K)
     return y
 
 
-def gemv_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x [..., K] float32 @ (q * scale[:, None]).T with q [N, K] int8 and scale [N] float32 (contiguous) ->
-    [..., N] float32. Check `applies` first."""
-    x = x if x.is_contiguous() else x.contiguous()
-    (N, K), y = q.shape, torch.empty(*x.shape[:-1], q.shape[0])
-    _library().qwenvl_gemv_int8(x.data_ptr(), q.data_ptr(), scale.data_ptr(), y.data_ptr(), x.numel() // K, N, K)
+# int8 weights are packed in blocks of PACK_ROWS rows, interleaved in chunks of PACK_COLS columns (16 bytes)
+PACK_ROWS, PACK_COLS = 4, 16
+
+
+def packable(q: torch.Tensor) -> bool:
+    """Whether int8 weights q [N, K] can be packed for `gemv_int8` (and the packed kernel is here to use them)."""
+    N, K = q.shape
+    return q.device.type == "cpu" and N % PACK_ROWS == 0 and K % PACK_COLS == 0 and available()
+
+
+def pack_int8(q: torch.Tensor) -> torch.Tensor:
+    """int8 [N, K] -> [N / 4, K / 16, 4, 16]: each block of 4 rows as one sequential stream (see gemv.c)."""
+    N, K = q.shape
+    return q.view(N // PACK_ROWS, PACK_ROWS, K // PACK_COLS, PACK_COLS).transpose(1, 2).contiguous()
+
+
+def unpack_int8(p: torch.Tensor) -> torch.Tensor:
+    """The inverse of `pack_int8`: [N / 4, K / 16, 4, 16] -> int8 [N, K]."""
+    nb, kb = p.shape[:2]
+    return p.transpose(1, 2).reshape(nb * PACK_ROWS, kb * PACK_COLS)
+
+
+def gemv_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] float32 @ (q * scale[:, None]).T + b with q int8, either [N, K] or packed by `pack_int8`, scale
+    [N] float32 and b [N] float32 or bfloat16 (contiguous) -> [..., N] float32. Check `applies` first."""
+    x, b = x if x.is_contiguous() else x.contiguous(), _bias(b)
+    N, K = scale.shape[0], x.shape[-1]
+    y = torch.empty(*x.shape[:-1], N)
+    f = _library().qwenvl_gemv_int8_packed if q.dim() == 4 else _library().qwenvl_gemv_int8
+    f(x.data_ptr(), q.data_ptr(), scale.data_ptr(), *_bias_args(b), y.data_ptr(), x.numel() // K, N, K)
     return y
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gate_up [..., 2H] = [gate | up] float32 (contiguous) -> [..., H] float32, on the
+    calling thread (a decoding row: a few microseconds)."""
+    H = gate_up.shape[-1] // 2
+    out = torch.empty(*gate_up.shape[:-1], H)
+    _library().qwenvl_silu_mul(gate_up.data_ptr(), out.data_ptr(), gate_up.numel() // (2 * H), H)
+    return out
 
 
 def attend_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None, mask: torch.Tensor

@@ -5,7 +5,8 @@
  * reading W, and aten's kernels for these two formats are compute-bound on AVX2 (they run well below
  * the memory bandwidth on 2 cores); these stay close to it. Built and loaded by qwenvl/kernels/__init__.py.
  *
- * Each thread takes blocks of 4 output channels; 4 accumulators per row of W hide the FMA latency.
+ * Each thread takes blocks of 4 output channels. Also: the decoder's SwiGLU activation, GQA attention on
+ * a bfloat16 KV cache and RMSNorm, each one call instead of several small aten ops per token.
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -62,30 +63,101 @@ static float dot_i8(const float* x, const int8_t* q, long K) {
     return s;
 }
 
-/* x [M, K] float32, w [N, K] bfloat16, y [M, N] float32; all contiguous */
-void qwenvl_gemv_bf16(const float* x, const uint16_t* w, float* y, long M, long N, long K) {
+/* y[n] = x . W[n] for 4 rows of W at once: one x load feeds 4 rows (the loop is bound by loads, not FMAs),
+ * with a software prefetch 256 bytes ahead in each row. +10-15% over one row at a time on 2 EPYC cores,
+ * where the hardware prefetcher alone leaves each core short of its share of the memory bandwidth. */
+static void dot4_bf16(const float* x, const uint16_t* w, long K, float* y) {
+    const uint16_t *r0 = w, *r1 = w + K, *r2 = w + 2 * K, *r3 = w + 3 * K;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    long k = 0;
+    for (; k + 32 <= K; k += 32) {
+        _mm_prefetch((const char*)(r0 + k + 128), _MM_HINT_T0);
+        _mm_prefetch((const char*)(r1 + k + 128), _MM_HINT_T0);
+        _mm_prefetch((const char*)(r2 + k + 128), _MM_HINT_T0);
+        _mm_prefetch((const char*)(r3 + k + 128), _MM_HINT_T0);
+        for (long j = k; j < k + 32; j += 16) {
+            __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
+            a0 = _mm256_fmadd_ps(load_bf16(r0 + j), x0, a0);
+            a1 = _mm256_fmadd_ps(load_bf16(r1 + j), x0, a1);
+            a2 = _mm256_fmadd_ps(load_bf16(r2 + j), x0, a2);
+            a3 = _mm256_fmadd_ps(load_bf16(r3 + j), x0, a3);
+            b0 = _mm256_fmadd_ps(load_bf16(r0 + j + 8), x1, b0);
+            b1 = _mm256_fmadd_ps(load_bf16(r1 + j + 8), x1, b1);
+            b2 = _mm256_fmadd_ps(load_bf16(r2 + j + 8), x1, b2);
+            b3 = _mm256_fmadd_ps(load_bf16(r3 + j + 8), x1, b3);
+        }
+    }
+    float s[4] = {hsum(_mm256_add_ps(a0, b0)), hsum(_mm256_add_ps(a1, b1)), hsum(_mm256_add_ps(a2, b2)),
+                  hsum(_mm256_add_ps(a3, b3))};
+    for (; k < K; k++)
+        for (int r = 0; r < 4; r++) s[r] += x[k] * bf16_to_float(w[r * K + k]);
+    for (int r = 0; r < 4; r++) y[r] = s[r];
+}
+
+/* Optional bias: float32 (bias_bf16 = 0) or bfloat16, or NULL. */
+static inline float bias_at(const void* bias, int bias_bf16, long n) {
+    if (!bias) return 0.f;
+    return bias_bf16 ? bf16_to_float(((const uint16_t*)bias)[n]) : ((const float*)bias)[n];
+}
+
+/* y = x W^T + bias: x [M, K] float32, w [N, K] bfloat16, y [M, N] float32; all contiguous */
+void qwenvl_gemv_bf16(const float* x, const uint16_t* w, const void* bias, int bias_bf16, float* y,
+                      long M, long N, long K) {
+    #pragma omp parallel for schedule(static)
+    for (long n0 = 0; n0 < N; n0 += 4) {
+        for (long m = 0; m < M; m++) {
+            float* ym = y + m * N;
+            if (n0 + 4 <= N)
+                dot4_bf16(x + m * K, w + n0 * K, K, ym + n0);
+            else
+                for (long n = n0; n < N; n++) ym[n] = dot_bf16(x + m * K, w + n * K, K);
+            for (long n = n0; n < n0 + 4 && n < N; n++) ym[n] += bias_at(bias, bias_bf16, n);
+        }
+    }
+}
+
+/* y = x (q * scale)^T + bias: x [M, K] float32, q [N, K] int8, scale [N] float32, y [M, N] float32 */
+void qwenvl_gemv_int8(const float* x, const int8_t* q, const float* scale, const void* bias, int bias_bf16, float* y,
+                      long M, long N, long K) {
     #pragma omp parallel for schedule(static)
     for (long n0 = 0; n0 < N; n0 += 4) {
         long n1 = n0 + 4 < N ? n0 + 4 : N;
         for (long m = 0; m < M; m++)
             for (long n = n0; n < n1; n++)
-                y[m * N + n] = dot_bf16(x + m * K, w + n * K, K);
+                y[m * N + n] = dot_i8(x + m * K, q + n * K, K) * scale[n] + bias_at(bias, bias_bf16, n);
     }
 }
 
-/* x [M, K] float32, q [N, K] int8, scale [N] float32, y [M, N] float32; all contiguous */
-void qwenvl_gemv_int8(const float* x, const int8_t* q, const float* scale, float* y, long M, long N, long K) {
+/* The int8 product on weights packed in blocks of 4 rows (kernels.pack_int8): block b holds rows 4b..4b+3
+ * as [K / 16][4][16], so that each 64-byte line carries 16 columns of all 4 rows and each thread reads one
+ * sequential stream; a software prefetch 1 KB ahead. +10-20% over the row-major kernel on 2 EPYC cores.
+ * N % 4 == 0, K % 16 == 0. */
+void qwenvl_gemv_int8_packed(const float* x, const int8_t* q, const float* scale, const void* bias, int bias_bf16,
+                             float* y, long M, long N, long K) {
     #pragma omp parallel for schedule(static)
     for (long n0 = 0; n0 < N; n0 += 4) {
-        long n1 = n0 + 4 < N ? n0 + 4 : N;
-        for (long m = 0; m < M; m++)
-            for (long n = n0; n < n1; n++)
-                y[m * N + n] = dot_i8(x + m * K, q + n * K, K) * scale[n];
+        const int8_t* blk = q + n0 * K;
+        for (long m = 0; m < M; m++) {
+            const float* xm = x + m * K;
+            __m256 a[4], b[4];
+            for (int r = 0; r < 4; r++) a[r] = b[r] = _mm256_setzero_ps();
+            for (long k = 0; k < K; k += 16) {
+                const int8_t* p = blk + k * 4;
+                _mm_prefetch((const char*)(p + 1024), _MM_HINT_T0);
+                __m256 x0 = _mm256_loadu_ps(xm + k), x1 = _mm256_loadu_ps(xm + k + 8);
+                for (int r = 0; r < 4; r++) {
+                    a[r] = _mm256_fmadd_ps(load_i8(p + 16 * r), x0, a[r]);
+                    b[r] = _mm256_fmadd_ps(load_i8(p + 16 * r + 8), x1, b[r]);
+                }
+            }
+            for (int r = 0; r < 4; r++)
+                y[m * N + n0 + r] = hsum(_mm256_add_ps(a[r], b[r])) * scale[n0 + r] + bias_at(bias, bias_bf16, n0 + r);
+        }
     }
 }
 
-/* exp(x) for 8 floats (Cephes' polynomial after a reduction by ln 2; relative error ~2e-7), inputs <= 0
- * here. Inputs below -87.3 are clamped to it (~1e-38 instead of 0: masked keys weigh nothing either way). */
+/* exp(x) for 8 floats, x <= 87 (Cephes' polynomial after a reduction by ln 2; relative error ~2e-7). Inputs
+ * below -87.3 are clamped to it (~1e-38 instead of 0: masked keys weigh nothing either way). */
 static inline __m256 exp8(__m256 x) {
     x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
     __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
@@ -190,5 +262,23 @@ void qwenvl_rms_norm(const float* x, const void* w, int w_bf16, float* out, long
             float wd = w_bf16 ? bf16_to_float(((const uint16_t*)w)[d]) : ((const float*)w)[d];
             om[d] = wd * (xm[d] * r);
         }
+    }
+}
+
+/* out = silu(g) * u for M rows, gu [M, 2H] = [gate | up] float32 -> out [M, H] (the decoder MLP's activation,
+ * one call instead of aten's slice, silu and multiply). */
+void qwenvl_silu_mul(const float* gu, float* out, long M, long H) {
+    for (long m = 0; m < M; m++) {
+        const float* g = gu + m * 2 * H;
+        const float* u = g + H;
+        float* o = out + m * H;
+        long h = 0;
+        for (; h + 8 <= H; h += 8) {
+            __m256 gv = _mm256_loadu_ps(g + h);
+            __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_max_ps(gv, _mm256_set1_ps(-87.f))));
+            __m256 s = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.f), e));
+            _mm256_storeu_ps(o + h, _mm256_mul_ps(s, _mm256_loadu_ps(u + h)));
+        }
+        for (; h < H; h++) o[h] = g[h] / (1.f + __builtin_expf(-g[h])) * u[h];
     }
 }
