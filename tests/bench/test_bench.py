@@ -6,6 +6,7 @@ import json
 
 import torch
 
+from qwenvl import kernels
 from qwenvl.bench.inference import make_request, preset_config, smart_grid, vision_flops
 from qwenvl.cli.main import main
 
@@ -18,6 +19,7 @@ def test_bench_tiny_json(capsys):
     r = json.loads(captured.out)
     assert "[bench" in captured.err  # the progress display
     assert r["grid"] == [1, 6, 8] and "transformers" not in r
+    assert r["native_kernels"] == kernels.available()  # which decode products the figures come from
     ours = r["ours"]
     for key in ("vision_s", "ttft_s", "decode_tok_s", "peak_rss"):
         assert ours[key] > 0
@@ -28,7 +30,11 @@ def test_bench_tiny_json(capsys):
     assert 0 <= q["top1_agreement"] <= 1 and q["logits_rel_err"] < 0.1
     assert len(q["rounds"]) == 3 and q["speedup"] in [r["speedup"] for r in q["rounds"]]  # the median round
     assert r["load"]["weight_bytes"] == r["weight_bytes"]
-    assert "vision_pct_of_bf16_matmul" in r["summary"]
+    s = r["summary"]
+    assert "vision_pct_of_bf16_matmul" in s
+    # per window, the sustained ceiling (all sweeps together) is at most the best sweep's: a larger share
+    assert all(w["matvec_gbs_sustained"] <= w["matvec_gbs"] for w in ours["decode_windows"])
+    assert s["decode_pct_of_matvec_sustained"] >= s["decode_pct_of_matvec_interleaved"] > 0
 
 
 def test_grid_and_request():

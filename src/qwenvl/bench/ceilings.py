@@ -16,20 +16,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_time(fn, device: torch.device, repeats: int = 3, min_time: float = 0.0) -> float:
-    """Best wall time of `repeats` calls after one warm-up call (more calls while under `min_time` total)."""
+def run_times(fn, device: torch.device, repeats: int = 3, min_time: float = 0.0) -> list[float]:
+    """Wall times of `repeats` calls after one warm-up call (more calls while under `min_time` in total, at most
+    50 x repeats)."""
     fn()
     sync(device)
-    best, total, n = float("inf"), 0.0, 0
-    while n < repeats or total < min_time:
+    times: list[float] = []
+    while len(times) < repeats or sum(times) < min_time:
         t0 = time.perf_counter()
         fn()
         sync(device)
-        dt = time.perf_counter() - t0
-        best, total, n = min(best, dt), total + dt, n + 1
-        if n >= 50 * repeats:
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 50 * repeats:
             break
-    return best
+    return times
+
+
+def best_time(fn, device: torch.device, repeats: int = 3, min_time: float = 0.0) -> float:
+    return min(run_times(fn, device, repeats, min_time))
 
 
 def matmul_gflops(dtype: torch.dtype, device: torch.device, m: int = 2048, k: int = 1280, n: int = 3420) -> float:
@@ -88,15 +92,19 @@ class MatvecProbe:
         return sum(t.numel() * t.element_size() for m in self.layers
                    for t in ([m.qweight] if hasattr(m, "qweight") else [m.weight]))
 
-    def rates(self, repeats: int = 10, min_time: float = 0.2) -> dict[str, float]:
-        """GB/s of each product's best sweep over the matrices."""
+    def sweep_times(self, repeats: int = 10, min_time: float = 0.2) -> dict[str, list[float]]:
+        """Seconds of each sweep over the matrices, per product."""
         out = {}
         for name, product in self.products.items():
             def sweep(product=product):
                 for i in range(len(self.layers)):
                     product(i)
-            out[name] = self.nbytes / best_time(sweep, self.device, repeats=repeats, min_time=min_time) / 1e9
+            out[name] = run_times(sweep, self.device, repeats=repeats, min_time=min_time)
         return out
+
+    def rates(self, repeats: int = 10, min_time: float = 0.2) -> dict[str, float]:
+        """GB/s of each product's best sweep."""
+        return {name: self.nbytes / min(t) / 1e9 for name, t in self.sweep_times(repeats, min_time).items()}
 
     def __call__(self, repeats: int = 10, min_time: float = 0.2) -> float:
         """The ceiling: the faster product's GB/s."""

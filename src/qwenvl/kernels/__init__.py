@@ -101,10 +101,10 @@ def available() -> bool:
 
 def applies(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether the native product can compute x @ w.T here (float32 activations, CPU, no autograd)."""
-    return (x.device.type == "cpu" and w.device.type == "cpu" and x.dtype == torch.float32
-            and w.is_contiguous() and not torch.compiler.is_compiling()
-            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
-            and available())
+    # called a few hundred times per decoded token: the cheapest tests first (~0.7 us in all)
+    return (x.is_cpu and w.is_cpu and x.dtype is torch.float32 and w.is_contiguous() and available()
+            and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)))
 
 
 def _bias(b: torch.Tensor | None) -> torch.Tensor | None:
