@@ -81,14 +81,13 @@ def _library() -> ctypes.CDLL | None:
         detail = getattr(e, "stderr", "") or str(e)
         warnings.warn(f"qwenvl: native CPU kernels not built, using aten's ({detail.strip()[:300]})")
         return None
-    p, n = ctypes.c_void_p, ctypes.c_long
-    i = ctypes.c_int
+    p, n, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     lib.qwenvl_gemv_bf16.argtypes = [p, p, p, i, p, n, n, n]
     lib.qwenvl_gemv_int8.argtypes = [p, p, p, p, i, p, n, n, n]
     lib.qwenvl_gemv_int8_packed.argtypes = [p, p, p, p, i, p, n, n, n]
     lib.qwenvl_silu_mul.argtypes = [p, p, n, n]
     lib.qwenvl_attend_bf16.argtypes = [p, p, p, p, p, p, p, n, n, n, n, n, n, ctypes.c_float]
-    lib.qwenvl_rms_norm.argtypes = [p, p, ctypes.c_int, p, n, n, ctypes.c_float]
+    lib.qwenvl_rms_norm.argtypes = [p, p, i, p, n, n, ctypes.c_float]
     for f in (lib.qwenvl_gemv_bf16, lib.qwenvl_gemv_int8, lib.qwenvl_gemv_int8_packed, lib.qwenvl_silu_mul,
               lib.qwenvl_attend_bf16, lib.qwenvl_rms_norm):
         f.restype = None
