@@ -121,6 +121,14 @@ def test_layers_use_the_kernels_for_decoding_only(monkeypatch):
     with torch.inference_mode():
         torch.testing.assert_close(q(x), ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(q(x.expand(40, 1, 64)), ref.expand(40, 1, 24), rtol=1e-5, atol=1e-5)  # prefill
+    # state dicts load across layouts: a row-major one into a packed layer and back
+    flat = Int8Linear(*quantize_weight(lin.weight), lin.bias, torch.bfloat16)
+    flat.register_buffer("qweight", flat.weight_int8().contiguous())
+    fresh = Int8Linear.from_linear(Linear(64, 24).to(torch.bfloat16))
+    fresh.load_state_dict(flat.state_dict())
+    assert fresh.qweight.dim() == 4 and torch.equal(fresh.weight_int8(), q.weight_int8())
+    flat.load_state_dict(q.state_dict())
+    assert flat.qweight.dim() == 2 and torch.equal(flat.qweight, q.weight_int8())
     monkeypatch.setattr(kernels, "available", lambda: False)  # aten's int8 kernel takes the packed weights too
     with torch.inference_mode():
         torch.testing.assert_close(q(x), ref, rtol=1e-2, atol=1e-2)

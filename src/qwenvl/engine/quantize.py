@@ -45,7 +45,8 @@ class Int8Linear(nn.Module):
 
     Where qwenvl.kernels' packed int8 product applies (a CPU it builds on, out % 4 == 0 and in % 16 == 0),
     `qweight` is stored packed in blocks of 4 rows ([out / 4, in / 16, 4, 16], kernels.pack_int8), the
-    layout that product streams fastest; `weight_int8()` gives the [out, in] matrix either way."""
+    layout that product streams fastest; `weight_int8()` gives the [out, in] matrix either way, and a state
+    dict in either layout loads into either."""
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
         super().__init__()
@@ -61,6 +62,15 @@ class Int8Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
         q, s = quantize_weight(linear.weight)
         return cls(q, s, linear.bias, linear.weight.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a state dict saved where the layout differed (packed vs [out, in]): convert to this layer's layout
+        key = prefix + "qweight"
+        q = state_dict.get(key)
+        if q is not None and q.dim() != self.qweight.dim():
+            q = kernels.unpack_int8(q) if q.dim() == 4 else q
+            state_dict[key] = kernels.pack_int8(q) if self.qweight.dim() == 4 else q
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def weight_int8(self) -> torch.Tensor:
         """The int8 weights as [out, in] (a copy when they are stored packed)."""
