@@ -6,10 +6,11 @@ its speed.
 
 Kernels (chosen per call, by device and rows):
 - CPU, fewer than UPCAST_MIN_ROWS rows (decoding): qwenvl.kernels' native int8 product where it is built
-  (x86 with AVX2, a C compiler), on weights packed for it: ~1.7-1.9x a bf16 product of the same shape on
-  2 AVX2 EPYC cores. Else aten's
-  `_weight_int8pack_mm` (int8 weights, bf16 activations, per-channel scales), compute-bound on AVX2: ~1.3x
-  bf16 per weight. Dequantizing the weight on every call would be ~10x slower than bf16.
+  (x86 with AVX2, a C compiler), on weights packed for it: ~2x a bf16 product of the same shape on 2 AVX2
+  EPYC cores. Else aten's `_weight_int8pack_mm` (int8 weights, bf16 activations, per-channel scales),
+  compute-bound on AVX2: ~1.3x bf16 per weight; on packed weights (the native kernel built but not
+  applicable: autograd, torch.compile) it first unpacks them, a copy per call. Dequantizing the weight on
+  every call would be ~10x slower than bf16.
 - inputs with many rows (prefill, the tower) dequantize once per call and run a float GEMM: the cast is
   amortised there.
 - elsewhere (CUDA): dequantize per call and use the float GEMM (simple and correct; not a fast path).
