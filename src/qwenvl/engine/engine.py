@@ -16,6 +16,7 @@ import torch
 
 from ..model import QwenVL
 from ..model.rope import decode_positions, mrope_positions
+from .native_decode import NativeDecoder
 from .sampling import SamplingParams, make_generator, next_token
 
 
@@ -56,8 +57,9 @@ class Engine:
         self.max_len = max_len or model.config.text.max_position_embeddings
         self.cache = None
         self.slots: list[Sequence | None] = [None] * max_batch
-        # a wrapper around the model's decoder: nothing is stored on the model itself
-        self.decoder = torch.compile(model.language_model, dynamic=True) if compile else model.language_model
+        # a wrapper around the model's decoder for decoding steps: nothing is stored on the model itself
+        self.decoder = (torch.compile(model.language_model, dynamic=True) if compile
+                        else NativeDecoder(model.language_model))
 
     @property
     def device(self) -> torch.device:

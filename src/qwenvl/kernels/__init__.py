@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("gemv.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("gemv.c", "decode.c")]
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
 
@@ -47,7 +47,7 @@ def _compiler() -> str | None:
 
 
 def _build(cc: str) -> Path:
-    src = SOURCE.read_bytes()
+    src = b"".join(path.read_bytes() for path in SOURCES)
     tag = hashlib.sha256(src + " ".join(FLAGS).encode()).hexdigest()[:16]
     out = _cache_dir() / f"gemv-{tag}.so"
     if out.exists():
@@ -57,7 +57,7 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True)
+        subprocess.run([cc, *FLAGS, *map(str, SOURCES), "-o", tmp], check=True, capture_output=True, text=True)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -88,8 +88,12 @@ def _library() -> ctypes.CDLL | None:
     lib.qwenvl_silu_mul.argtypes = [p, p, n, n]
     lib.qwenvl_attend_bf16.argtypes = [p, p, p, p, p, p, p, n, n, n, n, n, n, ctypes.c_float]
     lib.qwenvl_rms_norm.argtypes = [p, p, i, p, n, n, ctypes.c_float]
+    f32 = ctypes.c_float
+    lib.qwenvl_decode_layers.argtypes = [p, n, p, n, n, n, n, n, n, n, n, f32, f32, p, p, p, p, p, p]
+    lib.qwenvl_decode_work.argtypes = [n] * 7
+    lib.qwenvl_decode_work.restype = n
     for f in (lib.qwenvl_gemv_bf16, lib.qwenvl_gemv_int8, lib.qwenvl_gemv_int8_packed, lib.qwenvl_silu_mul,
-              lib.qwenvl_attend_bf16, lib.qwenvl_rms_norm):
+              lib.qwenvl_attend_bf16, lib.qwenvl_rms_norm, lib.qwenvl_decode_layers):
         f.restype = None
     return lib
 
@@ -193,3 +197,64 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     _library().qwenvl_rms_norm(x.data_ptr(), w.data_ptr(), int(w.dtype == torch.bfloat16), out.data_ptr(),
                                x.numel() // D, D, eps)
     return out
+
+
+# ------------------------------------------------------------------------------ a whole decoding step (decode.c)
+
+class LinearSpec(ctypes.Structure):
+    """One projection as decode.c reads it (qwenvl_linear): kind 0 bfloat16, 1 int8 [N, K], 2 int8 packed."""
+    _fields_ = [("kind", ctypes.c_long), ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p), ("bias_bf16", ctypes.c_long), ("N", ctypes.c_long), ("K", ctypes.c_long)]
+
+
+class LayerSpec(ctypes.Structure):
+    """One decoder layer as decode.c reads it (qwenvl_layer): norms, projections and its slice of the KV cache."""
+    _fields_ = [("attn_norm", ctypes.c_void_p), ("attn_norm_bf16", ctypes.c_long),
+                ("mlp_norm", ctypes.c_void_p), ("mlp_norm_bf16", ctypes.c_long),
+                ("qkv", LinearSpec), ("o", LinearSpec), ("gate_up", LinearSpec), ("down", LinearSpec),
+                ("k", ctypes.c_void_p), ("v", ctypes.c_void_p)]
+
+
+def readable(t: torch.Tensor | None, dtypes=(torch.float32, torch.bfloat16)) -> bool:
+    """Whether decode.c can read `t` (None: an absent bias) as it is: a contiguous CPU tensor of `dtypes`."""
+    return t is None or (t.is_cpu and t.dtype in dtypes and t.is_contiguous())
+
+
+def linear_spec(w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None
+                ) -> LinearSpec | None:
+    """A projection for `decode_layers`: w bfloat16 [N, K], or int8 [N, K] or packed (`pack_int8`) with float32
+    scales [N]; bias float32 or bfloat16 [N] or None. None where decode.c does not read that format. The spec
+    holds addresses only: the caller keeps the tensors alive."""
+    if not (w.is_cpu and w.is_contiguous() and readable(bias)):
+        return None
+    if w.dtype == torch.bfloat16 and scale is None:
+        kind, (N, K) = 0, w.shape
+    elif w.dtype == torch.int8 and scale is not None and readable(scale, (torch.float32,)) and w.dim() in (2, 4):
+        kind, N = (1 if w.dim() == 2 else 2), scale.shape[0]
+        K = w.shape[1] if w.dim() == 2 else w.shape[1] * PACK_COLS
+    else:
+        return None
+    return LinearSpec(kind, w.data_ptr(), None if scale is None else scale.data_ptr(), *_bias_args(bias), N, K)
+
+
+def layer_spec(attn_norm: torch.Tensor, mlp_norm: torch.Tensor, qkv: LinearSpec, o: LinearSpec,
+               gate_up: LinearSpec, down: LinearSpec, k: torch.Tensor, v: torch.Tensor) -> LayerSpec:
+    """A decoder layer for `decode_layers`; k, v its cache [B_max, Hkv, S_max, D] bfloat16 (contiguous)."""
+    return LayerSpec(attn_norm.data_ptr(), int(attn_norm.dtype == torch.bfloat16), mlp_norm.data_ptr(),
+                     int(mlp_norm.dtype == torch.bfloat16), qkv, o, gate_up, down, k.data_ptr(), v.data_ptr())
+
+
+def decode_layers(layers, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: torch.Tensor,
+                  pos: torch.Tensor, mask: torch.Tensor, heads: int, kv_heads: int, head_dim: int,
+                  intermediate: int, max_len: int, eps: float) -> None:
+    """Every decoder layer for one decoding step, in one call (decode.c). `layers`: a ctypes array of
+    LayerSpec; x [M, E] float32, the residual stream, updated in place; cos, sin [M, D] float32; rows, pos [M]
+    int64: each row's cache row and the position its new key/value goes to; mask [M, S] additive float32 over
+    the first S cached positions. All contiguous; check `applies` first."""
+    M, E = x.shape
+    S = mask.shape[-1]
+    lib = _library()
+    work = torch.empty(lib.qwenvl_decode_work(M, E, heads, kv_heads, head_dim, intermediate, S))
+    lib.qwenvl_decode_layers(ctypes.addressof(layers), len(layers), x.data_ptr(), M, E, heads, kv_heads, head_dim,
+                             intermediate, S, max_len, eps, head_dim ** -0.5, cos.data_ptr(), sin.data_ptr(),
+                             rows.data_ptr(), pos.data_ptr(), mask.data_ptr(), work.data_ptr())

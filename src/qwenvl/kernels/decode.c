@@ -1,0 +1,122 @@
+/* The decoder's layers for one decoding step in one call, on the products and small kernels of gemv.c.
+ *
+ * Why: a decoding step streams ~6 GB of weights (3B, bfloat16) through the caches, which evicts the Python
+ * interpreter's and torch's own code and data between products. Each of the ~40 small ops a layer runs
+ * between its products then starts cold: on 2 EPYC cores an 8 KB torch.empty takes ~35 us after a large
+ * product instead of ~3 us, and the Python layers spend ~40 ms per step (~12%) outside the products. Here a
+ * step is one foreign call, whose few kilobytes of code stay warm enough.
+ *
+ * Per layer, for M rows (one query each):
+ *   h = rms_norm(x); qkv = h Wqkv^T + b; rotate q and k (half-rotation RoPE, cos/sin given per row);
+ *   k, v -> the bfloat16 cache at (rows[m], pos[m]); a = attention over the first S cached positions;
+ *   x += a Wo^T; h = rms_norm(x); x += (silu(h Wg^T) * (h Wu^T)) Wd^T
+ * the same order of operations and precisions (float32 activations) as qwenvl/model/text.py.
+ */
+#include <stdint.h>
+#include <string.h>
+
+void qwenvl_gemv_bf16(const float* x, const uint16_t* w, const void* bias, int bias_bf16, float* y,
+                      long M, long N, long K);
+void qwenvl_gemv_int8(const float* x, const int8_t* q, const float* scale, const void* bias, int bias_bf16, float* y,
+                      long M, long N, long K);
+void qwenvl_gemv_int8_packed(const float* x, const int8_t* q, const float* scale, const void* bias, int bias_bf16,
+                             float* y, long M, long N, long K);
+void qwenvl_attend_bf16(const float* q, const uint16_t* k, const uint16_t* v, const long* rows, const float* mask,
+                        float* out, float* scratch, long B, long Hq, long Hkv, long S, long S_max, long D,
+                        float scale);
+void qwenvl_rms_norm(const float* x, const void* w, int w_bf16, float* out, long M, long D, float eps);
+void qwenvl_silu_mul(const float* gu, float* out, long M, long H);
+
+/* Weight formats (kernels/__init__.py builds these from the model's layers; same field order there) */
+enum { LINEAR_BF16 = 0, LINEAR_INT8 = 1, LINEAR_INT8_PACKED = 2 };
+
+typedef struct {
+    long kind;
+    const void* w;        /* bfloat16 [N, K], or int8 [N, K] or packed (pack_int8) */
+    const float* scale;   /* int8: [N] */
+    const void* bias;     /* [N] float32 or bfloat16, or NULL */
+    long bias_bf16;
+    long N, K;
+} qwenvl_linear;
+
+typedef struct {
+    const void* attn_norm;  /* [E] float32 or bfloat16 */
+    long attn_norm_bf16;
+    const void* mlp_norm;
+    long mlp_norm_bf16;
+    qwenvl_linear qkv, o, gate_up, down;
+    uint16_t* k;  /* this layer's cache, [B_max, Hkv, S_max, D] bfloat16 */
+    uint16_t* v;
+} qwenvl_layer;
+
+static void linear(const qwenvl_linear* l, const float* x, float* y, long M) {
+    int bb = (int)l->bias_bf16;
+    if (l->kind == LINEAR_BF16)
+        qwenvl_gemv_bf16(x, (const uint16_t*)l->w, l->bias, bb, y, M, l->N, l->K);
+    else if (l->kind == LINEAR_INT8)
+        qwenvl_gemv_int8(x, (const int8_t*)l->w, l->scale, l->bias, bb, y, M, l->N, l->K);
+    else
+        qwenvl_gemv_int8_packed(x, (const int8_t*)l->w, l->scale, l->bias, bb, y, M, l->N, l->K);
+}
+
+/* float32 -> bfloat16, rounding to nearest even as torch does (a NaN stays a quiet NaN) */
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* x[0:D] rotated in place: [x1, x2] -> [x1 cos1 - x2 sin1, x2 cos2 + x1 sin2] (layers.apply_rope) */
+static inline void rope(float* x, const float* cos, const float* sin, long D) {
+    long half = D / 2;
+    for (long i = 0; i < half; i++) {
+        float x1 = x[i], x2 = x[i + half];
+        x[i] = x1 * cos[i] - x2 * sin[i];
+        x[i + half] = x2 * cos[i + half] + x1 * sin[i + half];
+    }
+}
+
+/* Work space for `qwenvl_decode_layers`, in floats */
+long qwenvl_decode_work(long M, long E, long Hq, long Hkv, long D, long I, long S) {
+    long G = Hq / Hkv;
+    return M * (E + (Hq + 2 * Hkv) * D + 2 * Hq * D + 3 * I) + M * Hkv * ((G + 7) / 8) * (S + D) * 8;
+}
+
+/* All layers for M rows: x [M, E] float32, updated in place (the residual stream); cos, sin [M, D] float32;
+ * rows [M] the cache rows, pos [M] the position each row's new key/value is written at; mask [M, S] additive
+ * float32 over the first S cached positions (the new one included); work: qwenvl_decode_work(...) floats. */
+void qwenvl_decode_layers(const qwenvl_layer* layers, long n_layers, float* x, long M, long E, long Hq, long Hkv,
+                          long D, long I, long S, long S_max, float eps, float attn_scale, const float* cos,
+                          const float* sin, const long* rows, const long* pos, const float* mask, float* work) {
+    long QKV = (Hq + 2 * Hkv) * D;
+    float *h = work, *qkv = h + M * E, *q = qkv + M * QKV, *att = q + M * Hq * D, *gu = att + M * Hq * D,
+          *act = gu + M * 2 * I, *scratch = act + M * I;
+    for (long i = 0; i < n_layers; i++) {
+        const qwenvl_layer* L = layers + i;
+        qwenvl_rms_norm(x, L->attn_norm, (int)L->attn_norm_bf16, h, M, E, eps);
+        linear(&L->qkv, h, qkv, M);
+        for (long m = 0; m < M; m++) {
+            float* r = qkv + m * QKV;  /* [Hq + 2 Hkv heads][D]: q heads, k heads, v heads */
+            for (long hd = 0; hd < Hq + Hkv; hd++) rope(r + hd * D, cos + m * D, sin + m * D, D);
+            memcpy(q + m * Hq * D, r, Hq * D * sizeof(float));
+            for (long hd = 0; hd < Hkv; hd++) {
+                long at = ((rows[m] * Hkv + hd) * S_max + pos[m]) * D;
+                const float* kr = r + (Hq + hd) * D;
+                const float* vr = r + (Hq + Hkv + hd) * D;
+                for (long d = 0; d < D; d++) {
+                    L->k[at + d] = to_bf16(kr[d]);
+                    L->v[at + d] = to_bf16(vr[d]);
+                }
+            }
+        }
+        qwenvl_attend_bf16(q, L->k, L->v, rows, mask, att, scratch, M, Hq, Hkv, S, S_max, D, attn_scale);
+        linear(&L->o, att, h, M);
+        for (long j = 0; j < M * E; j++) x[j] += h[j];
+        qwenvl_rms_norm(x, L->mlp_norm, (int)L->mlp_norm_bf16, h, M, E, eps);
+        linear(&L->gate_up, h, gu, M);
+        qwenvl_silu_mul(gu, act, M, I);
+        linear(&L->down, act, h, M);
+        for (long j = 0; j < M * E; j++) x[j] += h[j];
+    }
+}
