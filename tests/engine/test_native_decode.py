@@ -133,3 +133,13 @@ def test_everything_else_goes_to_the_model(case, monkeypatch):
     prefill(model, ref_cache, {0: 6})
     torch.testing.assert_close(one_step(decoder, model, cache, [0]), one_step(model.language_model, model,
                                                                               ref_cache, [0]))
+
+
+def test_a_full_cache_is_an_error_not_a_write_past_it():
+    model = tiny_model("bf16")
+    cache = model.new_cache(1, 8)
+    prefill(model, cache, {0: 8})
+    before = cache.k.clone()
+    with pytest.raises(ValueError, match="KV cache full"):
+        one_step(NativeDecoder(model.language_model), model, cache, [0])
+    assert torch.equal(cache.k, before) and int(cache.lengths[0]) == 8

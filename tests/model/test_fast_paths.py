@@ -5,7 +5,8 @@
 - weight-only int8 == dequantized weights in a float Linear, and the whole model within a stated tolerance;
 - memory-mapped loading == safetensors' reader;
 - single-query (decode) attention == SDPA; decoding rows that are not consecutive cache slots == one by one;
-- fused q/k/v and gate/up projections == the separate ones (and save back to the original names).
+- fused q/k/v and gate/up projections (decoder, and the tower's gate/up) == the separate ones (and save
+  back to the original names).
 """
 
 from __future__ import annotations
@@ -230,9 +231,13 @@ def test_fused_projections_equal_separate(cfg, tmp_path):
     attn, mlp = fused.language_model.layers[0].self_attn, fused.language_model.layers[0].mlp
     assert attn.qkv_proj is not None and mlp.gate_up_proj is not None
     assert not hasattr(attn, "q_proj") and not hasattr(mlp, "up_proj")
+    assert all(b.mlp.gate_up_proj is not None and not hasattr(b.mlp, "gate_proj") for b in fused.visual.blocks)
     ids = torch.randint(0, 500, (2, 19))
+    grid = torch.tensor([[2, 4, 6]])
+    px = torch.randn(48, cfg.vision.patch_dim)
     with torch.no_grad():
         torch.testing.assert_close(fused(ids).logits, ref(ids).logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fused.visual(px, grid), ref.visual(px, grid), rtol=1e-5, atol=1e-5)
     # int8 on top of fusion: one Int8Linear per fused group
     quantize_int8(fused)
     assert isinstance(fused.language_model.layers[0].self_attn.qkv_proj, Int8Linear)

@@ -83,6 +83,8 @@ class NativeDecoder:
         B, _, E = x.shape
         row_ids = torch.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows.long().contiguous()
         pos = torch.full((B,), start) if isinstance(start, int) else start.long().contiguous()
+        if int(pos.max()) >= cache.max_len:  # the native write has no bounds check of its own
+            raise ValueError(f"KV cache full: a row is at position {int(pos.max())} of max_len {cache.max_len}")
         x = x.reshape(B, E).clone()  # updated in place: never the caller's embeds
         cfg = tm.cfg
         kernels.decode_layers(self.layers, x, cos.reshape(B, -1).contiguous(), sin.reshape(B, -1).contiguous(),

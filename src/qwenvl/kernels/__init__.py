@@ -1,4 +1,4 @@
-"""Native CPU kernels for decoding (gemv.c), built on first use with the system C compiler.
+"""Native CPU kernels for decoding (gemv.c, decode.c), built on first use with the system C compiler.
 
 Decoding reads every weight once per token, so its speed is the speed of the matrix-vector products. On
 an x86 CPU without bf16 matrix instructions, aten's bf16 and weight-only int8 products are compute-bound
@@ -6,7 +6,8 @@ an x86 CPU without bf16 matrix instructions, aten's bf16 and weight-only int8 pr
 21-26 GB/s. gemv.c's AVX2 loops reach a median 18-19 GB/s (bf16) and 19-20 G weights/s (int8, on weights
 packed for it by `pack_int8`) over the 3B decoder's shapes. It also holds the other per-token costs that
 aten spreads over many small ops: attention over the bf16 KV cache (aten's path first copies the cache to
-float32), RMSNorm and the SwiGLU activation.
+float32), RMSNorm and the SwiGLU activation. decode.c runs every decoder layer of a decoding step on them in
+one call (`decode_layers`; engine/native_decode.py builds its table of weights).
 
 Used only where they apply: x86-64 with AVX2, a C compiler (`$CC` or cc/gcc), contiguous CPU tensors,
 no autograd, not inside torch.compile. Anywhere else `available()` is False and callers use aten.
