@@ -32,7 +32,7 @@ def _weight_specs(text_model: TextModel) -> list[tuple] | None:
     """Per layer (attn norm, mlp norm, qkv, o, gate_up, down), or None if any layer is not in a format
     decode.c reads."""
     cfg = text_model.cfg
-    if not kernels.available() or cfg.head_dim % 8:
+    if text_model.embed_tokens.weight.device.type != "cpu" or cfg.head_dim % 8 or not kernels.available():
         return None
     specs = []
     for layer in text_model.layers:
