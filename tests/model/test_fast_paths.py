@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from qwenvl.engine.quantize import Int8Linear, quantize_int8, quantized_copy, quantize_weight
-from qwenvl.model import layers
+from qwenvl import kernels
+from qwenvl.model import layers, vision
 from qwenvl.model.layers import Linear
 from qwenvl.model.vision import Segments, segment_attention, vision_layout
 from qwenvl.tiny import build_tokenizer, tiny_config, token_ids
@@ -40,8 +41,10 @@ def per_window_attention(q, k, v, lengths):
     return torch.cat(out)
 
 
+@pytest.mark.parametrize("max_runs", [64, 0])  # in place per run of equal windows; gathered per length
 @pytest.mark.parametrize("grid", [(1, 10, 14), (2, 16, 22), (1, 36, 8)])
-def test_batched_windows_equal_per_window_loop(grid):
+def test_batched_windows_equal_per_window_loop(grid, max_runs, monkeypatch):
+    monkeypatch.setattr(vision, "MAX_RUNS", max_runs)
     layout = vision_layout((grid,), 2, 4)
     lengths = []
     for g in layout.windows.groups:  # reconstruct the window lengths in sequence order
@@ -59,6 +62,8 @@ def test_batched_windows_equal_per_window_loop(grid):
 def test_segments_from_lengths():
     s = Segments.from_lengths([3, 2, 3])
     assert [g.tolist() for g in s.groups] == [[[0, 1, 2], [5, 6, 7]], [[3, 4]]]
+    assert s.runs == ((0, 1, 3), (3, 1, 2), (5, 1, 3))
+    assert Segments.from_lengths([4, 4, 4, 2, 4, 4]).runs == ((0, 3, 4), (12, 1, 2), (14, 2, 4))
 
 
 def test_mixed_precision_linear_equals_upcast_weights():
@@ -290,6 +295,7 @@ def test_quantized_tower_within_tolerance(cfg):
 def test_blocked_upcast_equals_plain_upcast(bias, monkeypatch):
     """Inference with 16..2047 rows casts the bf16 weights block by block: same result as casting it whole."""
     monkeypatch.setattr(layers, "BLOCK_BYTES", 7 * 48 * 4)  # 7 output rows per block: 5 blocks, a short last one
+    monkeypatch.setattr(kernels, "gemm_preferred", lambda: False)  # where the native GEMM is not preferred
     lin = Linear(48, 33, bias=bias).to(torch.bfloat16)
     x = torch.randn(2, 20, 48)
     plain = F.linear(x, lin.weight.float(), None if lin.bias is None else lin.bias.float())

@@ -93,6 +93,8 @@ class Int8Linear(nn.Module):
                 if self.bias is not None:
                     y = y + self.bias.to(y.dtype)
                 return y.to(x.dtype)
+        if kernels.applies(x, self.qweight) and kernels.gemm_preferred():  # prefill: no dequantized copy of W
+            return kernels.gemm_int8(x, self.qweight, self.scale, self.bias)
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name(name) for name in ("gemv.c", "decode.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("gemv.c", "decode.c", "gemm.c")]
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
 
@@ -91,10 +91,11 @@ def _library() -> ctypes.CDLL | None:
     lib.qwenvl_rms_norm.argtypes = [p, p, i, p, n, n, ctypes.c_float]
     f32 = ctypes.c_float
     lib.qwenvl_decode_layers.argtypes = [p, n, p, n, n, n, n, n, n, n, n, f32, f32, p, p, p, p, p, p]
+    lib.qwenvl_gemm.argtypes = [p, n, p, i, p, p, i, p, n, n, n, n]
     lib.qwenvl_decode_work.argtypes = [n] * 7
     lib.qwenvl_decode_work.restype = n
     for f in (lib.qwenvl_gemv_bf16, lib.qwenvl_gemv_int8, lib.qwenvl_gemv_int8_packed, lib.qwenvl_silu_mul,
-              lib.qwenvl_attend_bf16, lib.qwenvl_rms_norm, lib.qwenvl_decode_layers):
+              lib.qwenvl_attend_bf16, lib.qwenvl_rms_norm, lib.qwenvl_decode_layers, lib.qwenvl_gemm):
         f.restype = None
     return lib
 
@@ -109,6 +110,56 @@ def applies(x: torch.Tensor, w: torch.Tensor) -> bool:
     return (x.is_cpu and w.is_cpu and x.dtype is torch.float32 and w.is_contiguous() and available()
             and not torch.compiler.is_compiling()
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)))
+
+
+def gemm_preferred() -> bool:
+    """Whether `gemm` beats aten's float32 GEMM here: on AVX2 CPUs other than Intel's. torch's MKL runs its
+    AVX2 path there at ~63 GFLOP/s on one EPYC core and 100-115 on two, `gemm` at ~74 and ~125-135 (gemm.c).
+    AVX-512 CPUs and Intel's keep MKL, which is at its best on them. QWENVL_NATIVE_GEMM=0/1 overrides."""
+    return _gemm_wanted() and available()
+
+
+@lru_cache(maxsize=None)
+def _gemm_wanted() -> bool:
+    choice = os.environ.get("QWENVL_NATIVE_GEMM")
+    if choice is not None:
+        return choice != "0"
+    return torch.backends.cpu.get_cpu_capability() == "AVX2" and _cpu_vendor() != "GenuineIntel"
+
+
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] float32 @ w.T + b with w [N, K] bfloat16 or float32 (contiguous) and b [N] float32 or bfloat16
+    -> [..., N] float32, for many rows (decoding rows: `gemv_bf16`). The rows of x may be strided (a view of
+    the first half of a wider tensor is read in place). Check `applies` first."""
+    return _gemm(x, w, int(w.dtype == torch.bfloat16), None, b, w.shape[0])
+
+
+def gemm_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """`gemm` with int8 weights q, [N, K] or packed by `pack_int8`, times scale [N] float32 per row."""
+    return _gemm(x, q, 3 if q.dim() == 4 else 2, scale, b, scale.shape[0])
+
+
+def _gemm(x, w, kind, scale, b, N):
+    K = x.shape[-1]
+    x2 = x.reshape(-1, K)
+    if x2.stride(1) != 1 or x2.stride(0) < K:
+        x2 = x2.contiguous()
+    b = _bias(b)
+    y = torch.empty(x2.shape[0], N)
+    _library().qwenvl_gemm(x2.data_ptr(), x2.stride(0), w.data_ptr(), kind, None if scale is None else scale.data_ptr(),
+                           *_bias_args(b), y.data_ptr(), N, x2.shape[0], N, K)
+    return y.view(*x.shape[:-1], N)
 
 
 def _bias(b: torch.Tensor | None) -> torch.Tensor | None:
@@ -164,8 +215,8 @@ def gemv_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, b: torch.Te
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up for gate_up [..., 2H] = [gate | up] float32 (contiguous) -> [..., H] float32, on the
-    calling thread (a decoding row: a few microseconds)."""
+    """silu(gate) * up for gate_up [..., 2H] = [gate | up] float32 (contiguous) -> [..., H] float32 in one pass
+    (a decoding row: a few microseconds, on the calling thread; 64 rows or more: on all threads)."""
     H = gate_up.shape[-1] // 2
     out = torch.empty(*gate_up.shape[:-1], H)
     _library().qwenvl_silu_mul(gate_up.data_ptr(), out.data_ptr(), gate_up.numel() // (2 * H), H)

@@ -268,6 +268,7 @@ void qwenvl_rms_norm(const float* x, const void* w, int w_bf16, float* out, long
 /* out = silu(g) * u for M rows, gu [M, 2H] = [gate | up] float32 -> out [M, H] (the decoder MLP's activation,
  * one call instead of aten's slice, silu and multiply). */
 void qwenvl_silu_mul(const float* gu, float* out, long M, long H) {
+    #pragma omp parallel for schedule(static) if (M >= 64)
     for (long m = 0; m < M; m++) {
         const float* g = gu + m * 2 * H;
         const float* u = g + H;

@@ -69,9 +69,12 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
+        rows = x.numel() // x.shape[-1]
+        if (rows >= UPCAST_MIN_ROWS and w.dtype in (torch.bfloat16, torch.float32) and kernels.applies(x, w)
+                and kernels.gemm_preferred()):
+            return kernels.gemm(x, w, b)  # float32 activations on an AVX2 CPU where MKL's GEMM lags (gemm.c)
         if x.dtype == w.dtype:
             return F.linear(x, w, b)
-        rows = x.numel() // x.shape[-1]
         if rows < UPCAST_MIN_ROWS:
             if w.dtype == torch.bfloat16 and kernels.applies(x, w):  # decoding on a CPU without bf16 matmuls
                 return kernels.gemv_bf16(x, w, b)
@@ -111,9 +114,8 @@ class SwiGLU(nn.Module):
             gate, up = self.gate_proj(x), self.up_proj(x)
         else:
             gate_up = self.gate_up_proj(x)
-            rows = gate_up.numel() // gate_up.shape[-1]
-            if self.act is F.silu and rows < UPCAST_MIN_ROWS and kernels.applies(gate_up, gate_up):
-                return self.down_proj(kernels.silu_mul(gate_up))  # decoding rows: one call, no temporaries
+            if self.act is F.silu and kernels.applies(gate_up, gate_up):
+                return self.down_proj(kernels.silu_mul(gate_up))  # one pass, no temporaries
             gate, up = gate_up.chunk(2, dim=-1)
         if torch.is_grad_enabled() or self.act is not F.silu:
             return self.down_proj(self.act(gate) * up)
