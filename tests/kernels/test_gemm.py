@@ -31,7 +31,7 @@ def weights(kind: str, n: int, k: int, g: torch.Generator):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("m,n,k", [
     (16, 16, 8),       # one tile
-    (7, 33, 300),      # fewer rows than a tile, a partial column panel, two slices of K
+    (7, 33, 300),      # a tile and one row, a partial column panel, two slices of K
     (300, 40, 1280),   # several row blocks shared by the threads, five slices of K
     (23, 800, 4000),   # few rows (threads split the column panels), three column blocks of W
     (151, 100, 528),   # row blocks with a partial last tile

@@ -94,8 +94,9 @@ def _library() -> ctypes.CDLL | None:
     lib.qwenvl_gemm.argtypes = [p, n, p, i, p, p, i, p, n, n, n, n]
     lib.qwenvl_decode_work.argtypes = [n] * 7
     lib.qwenvl_decode_work.restype = n
+    lib.qwenvl_gemm.restype = i
     for f in (lib.qwenvl_gemv_bf16, lib.qwenvl_gemv_int8, lib.qwenvl_gemv_int8_packed, lib.qwenvl_silu_mul,
-              lib.qwenvl_attend_bf16, lib.qwenvl_rms_norm, lib.qwenvl_decode_layers, lib.qwenvl_gemm):
+              lib.qwenvl_attend_bf16, lib.qwenvl_rms_norm, lib.qwenvl_decode_layers):
         f.restype = None
     return lib
 
@@ -157,8 +158,9 @@ def _gemm(x, w, kind, scale, b, N):
         x2 = x2.contiguous()
     b = _bias(b)
     y = torch.empty(x2.shape[0], N)
-    _library().qwenvl_gemm(x2.data_ptr(), x2.stride(0), w.data_ptr(), kind, None if scale is None else scale.data_ptr(),
-                           *_bias_args(b), y.data_ptr(), N, x2.shape[0], N, K)
+    if _library().qwenvl_gemm(x2.data_ptr(), x2.stride(0), w.data_ptr(), kind, None if scale is None else
+                              scale.data_ptr(), *_bias_args(b), y.data_ptr(), N, x2.shape[0], N, K):
+        raise MemoryError(f"qwenvl.kernels.gemm: no memory for the packed weights of a {N}x{K} product")
     return y.view(*x.shape[:-1], N)
 
 

@@ -106,8 +106,9 @@ static void pack_b(const void* W, int kind, const float* scale, long K, long n0,
     }
 }
 
-void qwenvl_gemm(const float* A, long lda, const void* W, int w_kind, const float* scale, const void* bias,
-                 int bias_bf16, float* C, long ldc, long M, long N, long K) {
+/* Returns 0, or -1 when its buffers cannot be allocated (C untouched). */
+int qwenvl_gemm(const float* A, long lda, const void* W, int w_kind, const float* scale, const void* bias,
+                int bias_bf16, float* C, long ldc, long M, long N, long K) {
     int threads = omp_get_max_threads();
     long nk = (K + KC_MAX - 1) / KC_MAX, KC = (K + nk - 1) / nk;  /* even slices of K */
     /* row blocks: as even as possible, a multiple of the thread count where there are enough rows */
@@ -121,13 +122,15 @@ void qwenvl_gemm(const float* A, long lda, const void* W, int w_kind, const floa
     if (NC < NR) NC = NR;
     if (NC > (N + NR - 1) / NR * NR) NC = (N + NR - 1) / NR * NR;
 
-    float* bias32 = NULL;
-    if (bias) {
-        bias32 = malloc(sizeof(float) * (N + NR));
-        for (long n = 0; n < N; n++)
-            bias32[n] = bias_bf16 ? bf16f(((const uint16_t*)bias)[n]) : ((const float*)bias)[n];
-    }
+    float* bias32 = bias ? malloc(sizeof(float) * (N + NR)) : NULL;
     float* Bp = aligned_alloc(64, (sizeof(float) * K * NC + 63) / 64 * 64);
+    if (!Bp || (bias && !bias32)) {
+        free(Bp);
+        free(bias32);
+        return -1;
+    }
+    for (long n = 0; bias && n < N; n++)
+        bias32[n] = bias_bf16 ? bf16f(((const uint16_t*)bias)[n]) : ((const float*)bias)[n];
     #pragma omp parallel
     {
         for (long j0 = 0; j0 < N; j0 += NC) {
@@ -162,4 +165,5 @@ void qwenvl_gemm(const float* A, long lda, const void* W, int w_kind, const floa
     }
     free(Bp);
     free(bias32);
+    return 0;
 }
