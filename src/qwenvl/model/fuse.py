@@ -3,9 +3,10 @@ and in the vision tower (whose q/k/v the checkpoint already fuses).
 
 One matrix product per group instead of three (two): fewer kernel launches, casts and reads of the
 activation per decoded token (on the CPU ~5% more tokens/s for the 3B decoder, docs/benchmarks.md). In
-the tower, one 1280 -> 6840 product instead of two 1280 -> 3420 ones: MKL's float32 GEMM runs the
-3420-wide shape ~30% below its usual rate on the 2 EPYC cores we measure on: a 3B block's gate/up products
-and activation take 0.84 s fused vs 1.04 s apart for the 4784 patches of a 1280x720 image.
+the tower, one 1280 -> 6840 product instead of two 1280 -> 3420 ones, and the activation read in one
+pass: where MKL's float32 GEMM runs it, the 3420-wide shape is ~30% below its usual rate (2 EPYC cores: a
+3B block's gate/up products and activation took 0.84 s fused vs 1.04 s apart for the 4784 patches of a
+1280x720 image; those cores now use kernels/gemm.c instead).
 A post-load transform like quantization: the checkpoint format, training and LoRA keep the separate
 projections, and `unfuse_state_dict` gives the original key names back (save_model uses it).
 """
