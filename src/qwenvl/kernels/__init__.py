@@ -1,4 +1,5 @@
-"""Native CPU kernels for decoding (gemv.c, decode.c), built on first use with the system C compiler.
+"""Native CPU kernels for decoding (gemv.c, decode.c) and many-row products (gemm.c), built on first use with
+the system C compiler.
 
 Decoding reads every weight once per token, so its speed is the speed of the matrix-vector products. On
 an x86 CPU without bf16 matrix instructions, aten's bf16 and weight-only int8 products are compute-bound
@@ -7,7 +8,8 @@ an x86 CPU without bf16 matrix instructions, aten's bf16 and weight-only int8 pr
 packed for it by `pack_int8`) over the 3B decoder's shapes. It also holds the other per-token costs that
 aten spreads over many small ops: attention over the bf16 KV cache (aten's path first copies the cache to
 float32), RMSNorm and the SwiGLU activation. decode.c runs every decoder layer of a decoding step on them in
-one call (`decode_layers`; engine/native_decode.py builds its table of weights).
+one call (`decode_layers`; engine/native_decode.py builds its table of weights). gemm.c is a float32 GEMM for
+the tower and prefill where torch's MKL lags (`gemm`, `gemm_preferred`).
 
 Used only where they apply: x86-64 with AVX2, a C compiler (`$CC` or cc/gcc), contiguous CPU tensors,
 no autograd, not inside torch.compile. Anywhere else `available()` is False and callers use aten.
@@ -114,9 +116,9 @@ def applies(x: torch.Tensor, w: torch.Tensor) -> bool:
 
 
 def gemm_preferred() -> bool:
-    """Whether `gemm` beats aten's float32 GEMM here: on AVX2 CPUs other than Intel's. torch's MKL runs its
-    AVX2 path there at ~63 GFLOP/s on one EPYC core and 100-115 on two, `gemm` at ~74 and ~125-135 (gemm.c).
-    AVX-512 CPUs and Intel's keep MKL, which is at its best on them. QWENVL_NATIVE_GEMM=0/1 overrides."""
+    """Whether `gemm` beats aten's float32 GEMM here: on AVX2 CPUs other than Intel's. On 2 EPYC cores torch's
+    MKL ran at 84-112 GFLOP/s and `gemm` at 128-161 in `qwenvl bench`'s ceilings (docs/benchmarks.md).
+    AVX-512 CPUs and Intel's keep MKL, which is tuned for them. QWENVL_NATIVE_GEMM=0/1 overrides."""
     return _gemm_wanted() and available()
 
 
