@@ -48,17 +48,31 @@ The colour of the shape is blue, green, yellow, purple, orange, black or white. 
 """
 
 
-def build_tokenizer(vocab_size: int = 512, extra_text: list[str] | None = None):
+# Qwen2's pre-tokenizer split (tokenizer.json of the released checkpoints): every digit is its own
+# piece, so numbers (pixel coordinates above all) are spelled digit by digit.
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+              r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def build_tokenizer(vocab_size: int = 512, extra_text: list[str] | None = None, qwen_split: bool = False,
+                    corpus: bool = True):
     """A byte-level BPE tokenizer trained on a small fixed corpus (plus `extra_text`), with Qwen's added
-    tokens appended."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers, AddedToken
+    tokens appended. `qwen_split` pre-tokenizes as Qwen2 does (NFC, single digits); `corpus=False`
+    trains on `extra_text` alone."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers, AddedToken
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if qwen_split:
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator(_CORPUS.splitlines() * 4 + list(extra_text or []), trainer=trainer)
+    tok.train_from_iterator((_CORPUS.splitlines() * 4 if corpus else []) + list(extra_text or []), trainer=trainer)
     tok.add_special_tokens([AddedToken(t, special=t not in NOT_SPECIAL, normalized=False) for t in SPECIAL_TOKENS])
     return tok
 
@@ -67,7 +81,7 @@ def token_ids(tok) -> dict[str, int]:
     return {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
 
 
-def write_tokenizer_files(out: Path, tok, *, model_max_length: int = 32768) -> None:
+def write_tokenizer_files(out: Path, tok, *, model_max_length: int = 32768, chat_template: str = CHAT_TEMPLATE) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
     added = {
@@ -87,7 +101,7 @@ def write_tokenizer_files(out: Path, tok, *, model_max_length: int = 32768) -> N
         "errors": "replace",
         "clean_up_tokenization_spaces": False,
         "split_special_tokens": False,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": chat_template,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
 
@@ -138,13 +152,14 @@ def tiny_config(ids: dict[str, int], *, vocab_size: int, tie_word_embeddings: bo
 
 
 def write_assets(out: str | Path, *, vocab_size: int = 512, extra_text: list[str] | None = None,
+                 qwen_split: bool = False, corpus: bool = True, chat_template: str = CHAT_TEMPLATE,
                  **processor_kwargs) -> tuple[dict[str, int], int]:
     """Tokenizer, processor, chat template and generation config into `out`.
     Returns the special token ids and the tokenizer's full vocabulary size."""
     out = Path(out)
-    tok = build_tokenizer(vocab_size, extra_text)
+    tok = build_tokenizer(vocab_size, extra_text, qwen_split=qwen_split, corpus=corpus)
     ids = token_ids(tok)
-    write_tokenizer_files(out, tok)
-    write_processor_files(out, **processor_kwargs)
+    write_tokenizer_files(out, tok, chat_template=chat_template)
+    write_processor_files(out, chat_template=chat_template, **processor_kwargs)
     write_generation_config(out, ids)
     return ids, tok.get_vocab_size()

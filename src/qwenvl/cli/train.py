@@ -19,9 +19,12 @@ def register(sub) -> None:
                        "See docs/training.md.")
     a = p.add_argument
     a("--stage", default="sft", choices=list(STAGES), help="what trains and the defaults (default: sft)")
-    a("--model", required=True, help="base checkpoint directory (Hugging Face layout)")
-    a("--data", required=True, help="training JSONL")
-    a("--out", required=True, help="output directory: metrics.jsonl, checkpoints/, final/")
+    a("--recipe", help="a JSON file of these options (underscored names, e.g. max_steps) plus an optional "
+      "curriculum: [{\"steps\": N, \"data\": ...}, ...]; flags given on the command line override it")
+    a("--model", help="base checkpoint directory (Hugging Face layout)")
+    a("--data", help="training JSONL, or synthetic data drawn on the fly: synth:TASK[=WEIGHT],... "
+      "(tasks of qwenvl.synth: ground, ground_all, point, count, read, document, gui, video_ground)")
+    a("--out", help="output directory: metrics.jsonl, checkpoints/, final/")
     a("--data-root", help="folder for relative media paths (default: the JSONL's folder)")
     a("--on-bad-record", default="skip", choices=["skip", "fail"],
       help="a record with missing/undecodable media or mismatched tags: report and skip, or stop")
@@ -52,17 +55,25 @@ def register(sub) -> None:
     a("--lora-dropout", type=float, default=0.0)
     a("--activation-checkpointing", action="store_true", help="recompute block activations in backward")
     a("--bf16", action=argparse_bool(), default=None, help="bf16 autocast (default: on CUDA only)")
-    a("--eval-data", help="held-out JSONL for evaluation loss")
+    a("--eval-data", help="held-out JSONL for evaluation loss, or a synth: mix for generation metrics")
     a("--eval-every", type=int, default=0, help="evaluate every N steps (and at the end)")
     a("--eval-batches", type=int, default=50)
+    a("--eval-generate", type=int, default=0, metavar="N",
+      help="also answer N held-out examples (per synthetic task) by greedy decoding and log task metrics")
+    a("--eval-max-new-tokens", type=int, default=96)
+    a("--loss-weighting", default="token", choices=["token", "reply"],
+      help="token: mean over supervised tokens; reply: every assistant reply weighs the same")
+    a("--threads", type=int, help="CPU threads for torch (default: torch's)")
     a("--save-every", type=int, default=0, help="write a resumable checkpoint every N steps")
     a("--keep", type=int, default=2, help="checkpoints kept")
     a("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+    a("--max-minutes", type=float, default=0.0,
+      help="stop after this much wall time, checkpoint and export (a chunk of a longer run; --resume goes on)")
     a("--seed", type=int, default=0)
     a("--device", help="default: cuda if available, else cpu")
     a("--no-progress", action="store_true")
     a("--no-export", action="store_true", help="skip writing OUT/final")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, _parser=p)
 
 
 def argparse_bool():
@@ -78,6 +89,26 @@ def run(args) -> int:
     kw["fps_range"] = None if args.fixed_fps else tuple(args.fps_range)
     kw["progress"] = not args.no_progress
     kw["export"] = not args.no_export
+    if args.recipe:
+        recipe = json.loads(open(args.recipe).read())
+        unknown = set(recipe) - fields
+        if unknown:
+            raise ValueError(f"{args.recipe}: unknown option(s) {', '.join(sorted(unknown))}")
+        # Flags left at their defaults take the recipe's value; anything typed on the command line wins.
+        defaults = {a.dest: a.default for a in args._parser._actions}
+        defaults["fps_range"] = tuple(defaults["fps_range"])
+        defaults.update(progress=True, export=True)
+        given = {k for k in kw if kw[k] != defaults.get(k)}
+        kw.update({k: v for k, v in recipe.items() if k not in given})
+        if isinstance(kw.get("fps_range"), list):
+            kw["fps_range"] = tuple(kw["fps_range"])
+    for need in ("model", "out"):
+        if not kw.get(need):
+            raise ValueError(f"--{need} is required (on the command line or in --recipe)")
+    kw["data"] = kw.get("data") or ""
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     summary = train(TrainConfig(**kw))
     if summary.get("final"):
         print(json.dumps({k: v for k, v in summary.items() if k != "losses"}))

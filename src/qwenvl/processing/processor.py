@@ -110,6 +110,11 @@ class Processor:
             image_std=tuple(cfg.get("image_std") or d.image_std),
             rescale_factor=cfg.get("rescale_factor", d.rescale_factor),
         )
+        if settings is None:
+            # Our own extension for small checkpoints (the default model): a video frame budget of the
+            # checkpoint's own. Released checkpoints carry no such key and keep qwen-vl-utils' defaults.
+            video = {k: int(cfg[k]) for k in ("video_min_pixels", "video_max_pixels") if cfg.get(k)}
+            settings = MediaSettings(factor=spec.factor, **video)
         return cls(Tokenizer.from_pretrained(path), chat.load_chat_template(path), spec, settings, max_length)
 
     # ------------------------------------------------------------------------- text

@@ -229,7 +229,20 @@ def encode(processor, messages: list[dict], config, where: str = "") -> Sample:
     spg = b.get("second_per_grid_ts")
     positions, _ = mrope_positions(ids[None], config, None, b.get("image_grid_thw"), b.get("video_grid_thw"), spg)
     return Sample(ids, shift_labels(labels), positions[:, 0], b.get("pixel_values"), b.get("image_grid_thw"),
-                  b.get("pixel_values_videos"), b.get("video_grid_thw"), spg, where)
+                  b.get("pixel_values_videos"), b.get("video_grid_thw"), spg, where,
+                  reply_weights(shift_labels(labels)))
+
+
+def reply_weights(targets: torch.Tensor) -> torch.Tensor:
+    """Per-token weights that make each assistant reply count once (1 / its length) whatever its
+    length, for --loss-weighting reply: a 3-token count answer then weighs as much as a 36-token box."""
+    sup = targets != IGNORE
+    # A reply is a run of supervised targets; a new run starts where the previous target was not.
+    start = sup & ~torch.cat([sup.new_zeros(1), sup[:-1]])
+    run = torch.cumsum(start.long(), 0) * sup
+    counts = torch.bincount(run, minlength=1).float()
+    w = torch.where(sup, 1.0 / counts[run].clamp(min=1), torch.zeros(()))
+    return w
 
 
 def with_video_fps(messages: list[dict], fps: float) -> list[dict]:
@@ -322,12 +335,15 @@ class Stream:
         rows = self._batches[self.taken]
         self.taken += 1
         batch = collate(rows, self.pad_id, self.config.vision.merge_unit)
+        self._count(batch)
+        return batch
+
+    def _count(self, batch) -> None:
         st = self.packing_stats
         st["tokens"] += batch.stats["tokens"]
         st["slots"] += batch.stats["rows"] * (self.opts.max_len if self.opts.pack else batch.input_ids.shape[1])
         st["rows"] += batch.stats["rows"]
         st["samples"] += batch.stats["samples"]
-        return batch
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "start": self.start, "taken": self.taken}

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch.distributed as dist
 from ..model.weights import load_model
 from . import checkpoint as ckpt
 from .data import DataOptions, Stream, read_records
+from .sources import SYNTH_PREFIX, Curriculum, make_stream
 from .setup import STAGES, add_lora, checkpoint_activations, freeze, lr_lambda, param_groups, shard
 from .step import Policy, dpo_terms, run, sequence_logps
 
@@ -66,9 +68,15 @@ class TrainConfig:
     eval_data: str | None = None
     eval_every: int = 0
     eval_batches: int = 50
+    eval_generate: int = 0              # held-out examples answered by greedy decoding at each eval
+    eval_max_new_tokens: int = 96
+    loss_weighting: str = "token"       # "token": mean over supervised tokens; "reply": each reply counts once
+    curriculum: list | None = None      # [{"steps": N, "data": PATH or "synth:..."}, ...]: stages in order
+    synth: dict | None = None           # keyword arguments of qwenvl.synth.sample (turns, size_range, ...)
     save_every: int = 0
     keep: int = 2
     resume: bool = False
+    max_minutes: float = 0.0            # > 0: stop (checkpoint and export) after this much wall time
     seed: int = 0
     device: str | None = None
     progress: bool = True
@@ -100,6 +108,10 @@ class Trainer:
             raise ValueError(f"unknown stage {cfg.stage!r}; choose from {', '.join(STAGES)}")
         if cfg.on_bad_record not in ("skip", "fail"):
             raise ValueError("--on-bad-record must be skip or fail")
+        if cfg.loss_weighting not in ("token", "reply"):
+            raise ValueError("--loss-weighting must be token or reply")
+        if cfg.loss_weighting == "reply" and STAGES[cfg.stage].dpo:
+            raise ValueError("--loss-weighting reply applies to next-token stages, not dpo")
         self.cfg, self.stage = cfg, STAGES[cfg.stage]
         self.out = Path(cfg.out)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -143,14 +155,21 @@ class Trainer:
         self.opts = DataOptions(max_len=cfg.max_len or self.stage.max_len, pack=cfg.pack, batch_size=cfg.batch_size,
                                 chunk=cfg.chunk, fps_range=cfg.fps_range, on_bad=cfg.on_bad_record, seed=cfg.seed)
         pad = self.processor.tokenizer.pad_token_id or 0
-        records = read_records(cfg.data, cfg.data_root, cfg.on_bad_record)
-        if any((r.rejected is not None) != self.stage.dpo for r in records):
-            raise ValueError(f"{cfg.data}: stage {cfg.stage!r} needs "
-                             + ("preference records (chosen/rejected)" if self.stage.dpo else "conversations, "
-                                "not preference records"))
-        self.stream = Stream(records, self.processor, self.model.config, self.opts, self.rank, self.world, pad,
-                             self.stage.dpo)
-        self.eval_records = read_records(cfg.eval_data, cfg.data_root, cfg.on_bad_record) if cfg.eval_data else None
+
+        def stream(data: str):
+            return make_stream(data, self.processor, self.model.config, self.opts, self.rank, self.world, pad,
+                               self.stage.dpo, cfg.data_root, cfg.synth)
+
+        if cfg.curriculum:
+            self.stream = Curriculum([(int(st["steps"]), stream(st["data"])) for st in cfg.curriculum],
+                                     cfg.grad_accum)
+        elif cfg.data:
+            self.stream = stream(cfg.data)
+        else:
+            raise ValueError("no training data: give --data (a JSONL file or synth:TASKS) or a curriculum")
+        self.eval_synth = cfg.eval_data if cfg.eval_data and cfg.eval_data.startswith(SYNTH_PREFIX) else None
+        self.eval_records = (read_records(cfg.eval_data, cfg.data_root, cfg.on_bad_record)
+                             if cfg.eval_data and not self.eval_synth else None)
         self.pad = pad
 
         # --- optimisation
@@ -172,7 +191,10 @@ class Trainer:
         with self.autocast():
             logp, seg = run(self.policy, batch)
         if not self.stage.dpo:
-            total = -logp.sum()
+            if self.cfg.loss_weighting == "reply":
+                total = -(logp * batch.weights[batch.targets != -100]).sum()
+            else:
+                total = -logp.sum()
             return total / denom, {"loss_sum": float(total.detach())}
         seqs = sequence_logps(logp, seg, batch.n_samples)
         with torch.no_grad(), self.autocast():
@@ -196,8 +218,53 @@ class Trainer:
             pairs = sum(b.n_samples // 2 for b in batches)
             chosen = sum(int(((b.targets != -100) & (b.segments % 2 == 0)).sum()) for b in batches)
             return _all_sum(pairs, self.device), max(1.0, _all_sum(chosen, self.device))
-        n = _all_sum(sum(b.n_supervised for b in batches), self.device)
+        per = (lambda b: b.n_replies) if self.cfg.loss_weighting == "reply" else (lambda b: b.n_supervised)
+        n = _all_sum(sum(per(b) for b in batches), self.device)
         return max(n, 1.0), 1.0
+
+    @torch.no_grad()
+    def generate_metrics(self) -> dict[str, float]:
+        """Task metrics from greedy answers to held-out examples (the teacher-forced loss can sit on a
+        plateau while the model ignores the image; this cannot). Synthetic eval data (`synth:` mix)
+        is scored by qwenvl.synth.score per task; a JSONL file by exact match of the last reply."""
+        from ..pipeline import Pipeline
+
+        convs, scorers = [], []
+        if self.eval_synth:
+            from .. import synth
+            from .sources import parse_mix
+
+            kw = {"min_pixels": self.processor.min_pixels, "max_pixels": self.processor.max_pixels,
+                  "video_max_pixels": self.processor.settings.video_max_pixels,
+                  **{k: v for k, v in (self.cfg.synth or {}).items() if k != "turns"}, "turns": 1}
+            for task in parse_mix(self.eval_synth):
+                rng = random.Random(f"heldout/{self.cfg.seed}/{task}")  # the same examples at every eval
+                for _ in range(self.cfg.eval_generate):
+                    ex = synth.sample(task, rng, **kw)
+                    convs.append(ex.messages[:1])
+                    scorers.append((task, lambda text, ex=ex, t=task: synth.score(
+                        t, ex.targets[0], text, ex.input_size, ex.media_size)))
+        else:
+            for rec in self.eval_records[:self.cfg.eval_generate]:
+                last = max(i for i, m in enumerate(rec.messages) if m["role"] == "assistant")
+                want = rec.messages[last]["content"]
+                want = want if isinstance(want, str) else "".join(it.get("text", "") for it in want)
+                convs.append(rec.messages[:last])
+                scorers.append(("exact", lambda text, want=want: {"match": float(text.strip() == want.strip())}))
+        was = self.model.training
+        self.model.eval()
+        try:
+            pipe = Pipeline(self.model, self.processor, {"eos_token_id": self.model.config.eos_token_id})
+            results = []
+            for i in range(0, len(convs), 16):
+                results += pipe.chat(convs[i:i + 16], temperature=0, max_new_tokens=self.cfg.eval_max_new_tokens)
+        finally:
+            self.model.train(was)
+        sums: dict[str, list[float]] = {}
+        for (task, scorer), r in zip(scorers, results):
+            for k, v in scorer(r.text).items():
+                sums.setdefault(f"gen_{task}_{k}", []).append(float(v))
+        return {k: sum(v) / len(v) for k, v in sums.items()}
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -233,6 +300,10 @@ def train(cfg: TrainConfig) -> dict:
         bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {cfg.stage}", dynamic_ncols=True)
     losses, start = [], time.perf_counter()
     while step < cfg.max_steps:
+        if cfg.max_minutes and time.perf_counter() - start > cfg.max_minutes * 60:
+            if rank == 0:
+                print(f"stopping at step {step}: --max-minutes {cfg.max_minutes:g} reached")
+            break
         t0 = time.perf_counter()
         batches = [t.stream.next().to(t.device) for _ in range(cfg.grad_accum)]
         denom, sft_denom = t.counts(batches)
@@ -262,8 +333,11 @@ def train(cfg: TrainConfig) -> dict:
             rec["margin"] = _all_sum(sums["margin_sum"], t.device) / denom
             rec["accuracy"] = _all_sum(sums["acc_sum"], t.device) / denom
         losses.append(rec["loss"])
-        if cfg.eval_every and t.eval_records and step % cfg.eval_every == 0:
-            rec["eval_loss"] = t.evaluate()
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            if t.eval_records:
+                rec["eval_loss"] = t.evaluate()
+            if cfg.eval_generate and rank == 0 and t.world == 1:
+                rec.update(t.generate_metrics())
         if metrics:
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
@@ -277,8 +351,10 @@ def train(cfg: TrainConfig) -> dict:
         bar.close()
     summary = {"steps": step, "losses": losses, "seconds": time.perf_counter() - start,
                "packing_efficiency": t.stream.efficiency, "trainable": t.trainable}
-    if cfg.eval_data:
+    if t.eval_records:
         summary["eval_loss"] = t.evaluate()
+    if cfg.eval_generate and (t.eval_records or t.eval_synth) and rank == 0 and t.world == 1:
+        summary.update(t.generate_metrics())
     if cfg.save_every:
         ckpt.save(out / "checkpoints", step, t.model, t.optimizer, t.scheduler, t.stream.state(), cfg.keep)
     if cfg.export:

@@ -31,6 +31,12 @@ class Sample:
     video_grid_thw: torch.Tensor | None = None
     second_per_grid_ts: torch.Tensor | None = None
     where: str = ""                              # file:line of the record, for messages
+    weights: torch.Tensor | None = None          # [L] float: 1/len(reply) on each reply's targets, else 0
+
+    @property
+    def n_replies(self) -> int:
+        sup = self.targets != IGNORE
+        return int((sup & ~torch.cat([sup.new_zeros(1), sup[:-1]])).sum())
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -82,6 +88,8 @@ class Batch:
     n_image_tokens: int                # how many of the merged vision features go to <|image_pad|>
     n_samples: int
     stats: dict = field(default_factory=dict)
+    weights: torch.Tensor | None = None  # [B, L] per-target weights of --loss-weighting reply
+    n_replies: int = 0
 
     @property
     def n_supervised(self) -> int:
@@ -90,7 +98,8 @@ class Batch:
     def to(self, device) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.input_ids), move(self.targets), move(self.positions), move(self.segments),
-                     move(self.pixel_values), move(self.grid_thw), self.n_image_tokens, self.n_samples, self.stats)
+                     move(self.pixel_values), move(self.grid_thw), self.n_image_tokens, self.n_samples, self.stats,
+                     move(self.weights), self.n_replies)
 
 
 def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:
@@ -112,8 +121,9 @@ def collate(rows: list[list[Sample]], pad_id: int, merge_unit: int = 4) -> Batch
     targets = torch.full((B, L), IGNORE, dtype=torch.long)
     positions = torch.zeros(3, B, L, dtype=torch.long)
     segments = torch.full((B, L), -1, dtype=torch.long)
+    weights = torch.zeros((B, L))
     images, image_grids, videos, video_grids = [], [], [], []
-    k = 0
+    k = replies = 0
     for b, row in enumerate(rows):
         at = 0
         for s in row:
@@ -122,6 +132,9 @@ def collate(rows: list[list[Sample]], pad_id: int, merge_unit: int = 4) -> Batch
             targets[b, at:at + n] = s.targets
             positions[:, b, at:at + n] = s.positions
             segments[b, at:at + n] = k
+            if s.weights is not None:
+                weights[b, at:at + n] = s.weights
+            replies += s.n_replies
             if s.pixel_values is not None:
                 images.append(s.pixel_values)
                 image_grids.append(s.image_grid_thw)
@@ -135,7 +148,7 @@ def collate(rows: list[list[Sample]], pad_id: int, merge_unit: int = 4) -> Batch
     n_image_tokens = int(torch.cat(image_grids).prod(-1).sum()) // merge_unit if images else 0
     real = int((segments >= 0).sum())
     stats = {"tokens": real, "fill": real / (B * L), "samples": k, "rows": B}
-    return Batch(ids, targets, positions, segments, pixels, grids, n_image_tokens, k, stats)
+    return Batch(ids, targets, positions, segments, pixels, grids, n_image_tokens, k, stats, weights, replies)
 
 
 def plan_rows(units: list[list[Sample]], max_len: int, pack: bool) -> list[list[Sample]]:

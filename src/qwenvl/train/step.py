@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pack import IGNORE, Batch, block_causal_mask
+from ..model.text import Packed
+from .pack import IGNORE, Batch
 
 
 class Policy(nn.Module):
@@ -37,11 +38,25 @@ class Policy(nn.Module):
             x = m.embed(input_ids) + 0.0 * feats.sum()
         else:
             x = m.embed(input_ids, image_embeds=feats[:n_image_tokens], video_embeds=feats[n_image_tokens:])
-        hidden = m.language_model(x, positions, block_causal_mask(segments))
+        # The rows laid end to end as one: every sample (and each row's padding) is its own causal segment.
+        B, L = input_ids.shape
+        hidden = m.language_model(x.reshape(1, B * L, -1), positions.reshape(3, 1, B * L),
+                                  Packed(segment_lengths(segments))).view(B, L, -1)
         sel = targets != IGNORE
         logits = m.lm_head(hidden[sel]).float()
         logp = -F.cross_entropy(logits, targets[sel], reduction="none")
         return logp, segments[sel]
+
+
+def segment_lengths(segments: torch.Tensor) -> tuple[int, ...]:
+    """Lengths of the runs of equal segment ids over the rows laid end to end (padding, -1, is a run of
+    its own in each row: it attends only to padding, and its targets are ignored)."""
+    flat = segments.reshape(-1)
+    row_start = torch.zeros_like(flat, dtype=torch.bool)
+    row_start[::segments.shape[1]] = True
+    starts = torch.cat([flat.new_ones(1, dtype=torch.bool), flat[1:] != flat[:-1]]) | row_start
+    idx = starts.nonzero().view(-1).tolist() + [flat.numel()]
+    return tuple(b - a for a, b in zip(idx, idx[1:]))
 
 
 def run(policy: nn.Module, batch: Batch):
