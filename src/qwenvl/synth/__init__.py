@@ -31,8 +31,6 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import input_size as _input_size
-from .scoring import score
 
 TASKS: tuple[str, ...] = ("ground", "ground_all", "point", "count", "read", "document", "gui", "video_ground")
 ORDERS = ("random", "media_first", "text_first")
@@ -60,7 +58,19 @@ class Opts:
     extra: dict = field(default_factory=dict)
 
     def insize(self, size) -> tuple[int, int]:
-        return _input_size(size, self.min_pixels, self.max_pixels)
+        from .common import input_size
+        return input_size(size, self.min_pixels, self.max_pixels)
+
+
+# The package imports its generators lazily, so that `qwenvl --help` (which registers `qwenvl data`)
+# does not load torch, numpy and the fonts.
+
+def score(task: str, target: dict, text: str, input_size, media_size) -> dict[str, float]:
+    """Metrics of one answer (see qwenvl.synth.scoring): ground {acc@0.5, iou}, ground_all {all_matched@0.5,
+    f1@0.5}, point {point_in_box}, count {exact}, read {exact}, document {block_f1}, gui {click_in_element},
+    video_ground {miou, r@0.5}."""
+    from .scoring import score as _score
+    return _score(task, target, text, input_size, media_size)
 
 
 def _generator(task: str):

@@ -28,9 +28,10 @@ MIN_S, MAX_S = 2.0, 12.0
 
 
 def timing(rng: random.Random) -> tuple[float, int]:
-    """(fps, frame count): fps in 0.5-4 (0.1 steps), an even count of at least 4 frames, about 2-12 s."""
+    """(fps, frame count): fps in 0.5-4 (0.1 steps), an even count of at least 4 frames lasting 2-12 s
+    (at least 4 frames: below 2/3 fps that is longer than 2 s)."""
     fps = round(rng.uniform(0.5, 4.0), 1)
-    n = 2 * round(rng.uniform(MIN_S, MAX_S) * fps / 2)
+    n = 2 * math.ceil(rng.uniform(MIN_S, MAX_S) * fps / 2)
     n = min(max(4, n), max(4, 2 * math.floor(MAX_S * fps / 2)))
     return fps, n
 
