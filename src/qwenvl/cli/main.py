@@ -9,7 +9,7 @@ import sys
 
 # Modules under qwenvl.cli, each adding one or more subcommands. Imported lazily by name so that a
 # subcommand's heavy dependencies (uvicorn, pycocotools, ...) load only when it runs.
-COMMAND_MODULES = ("chat", "serve", "tasks", "eval", "train", "bench")
+COMMAND_MODULES = ("chat", "serve", "tasks", "eval", "train", "bench", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:

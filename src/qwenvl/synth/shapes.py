@@ -1,0 +1,105 @@
+"""Shape scenes: 1 to 6 shapes (unique by colour + shape) on a plain, noisy or gradient background of
+another colour, and the grounding, pointing and counting questions about them (cookbook prompts,
+Qwen2.5-VL answer formats, coordinates in pixels of the resized input)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+from ..tasks.grounding import DETECT_PROMPT
+from .common import COLORS, SHAPES, background, draw_shape, far_colour, jitter, json_answer, place_boxes, to_input
+
+LOCATE = "Locate the {name}, output its bbox coordinates using JSON format."
+POINT = "Point to the {name}, output its coordinates in JSON format."
+COUNT = "How many {kind}s are there?"
+
+
+@dataclass
+class Obj:
+    color: str
+    kind: str
+    box: tuple[int, int, int, int]        # tight box, original pixels
+    point: tuple[float, float]            # a point inside the shape, original pixels
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.kind}"
+
+
+class _Sketch:
+    """An ImageDraw stand-in when only the layout (texts, boxes) is wanted, not the pixels."""
+
+    def ellipse(self, *a, **k):
+        pass
+
+    rectangle = polygon = text = line = rounded_rectangle = ellipse
+
+
+def scene(rng: random.Random, size_range: tuple[int, int], draw: bool = True, n: int | None = None):
+    """(image or None, (w, h), objects)."""
+    w, h = rng.randint(*size_range), rng.randint(*size_range)
+    n = n or rng.randint(1, 6)
+    pairs = rng.sample([(c, k) for c in COLORS for k in SHAPES], n)
+    m = min(w, h)
+    lo = max(10, m // 10)
+    hi = max(lo, m // (3 if n <= 3 else 4))
+    boxes = place_boxes(rng, (w, h), n, lo, hi)
+    base = far_colour(rng, [COLORS[c] for c, _ in pairs[:len(boxes)]])
+    img = background(rng, (w, h), base) if draw else None
+    d = ImageDraw.Draw(img) if draw else _Sketch()
+    objs = []
+    for (c, k), box in zip(pairs, boxes):
+        tight, inside = draw_shape(d, k, box, jitter(rng, COLORS[c]), rng)
+        objs.append(Obj(c, k, tight, inside))
+    return img, (w, h), objs
+
+
+def _pick(rng: random.Random, pool: list, used: list):
+    """A choice not asked yet in this conversation (repeats only when the pool is exhausted)."""
+    fresh = [p for p in pool if p not in used]
+    choice = rng.choice(fresh or pool)
+    used.append(choice)
+    return choice
+
+
+def questions(task: str, rng: random.Random, objs: list[Obj], size, insize, turns: int) -> list[tuple[str, str, dict]]:
+    """(question, answer, target) per turn; targets in original pixels."""
+    out, used = [], []
+    for _ in range(turns):
+        if task in ("ground", "point"):
+            o = _pick(rng, objs, used)
+            if task == "ground":
+                ans = json_answer([{"bbox_2d": to_input(o.box, insize, size), "label": o.name}])
+                out.append((LOCATE.format(name=o.name), ans, {"bbox": list(o.box), "label": o.name}))
+            else:
+                ans = json_answer([{"point_2d": to_input(o.point, insize, size), "label": o.name}])
+                out.append((POINT.format(name=o.name), ans,
+                            {"bbox": list(o.box), "point": [round(v, 2) for v in o.point], "label": o.name}))
+        elif task == "ground_all":
+            kinds = sorted({o.kind for o in objs})
+            kind = _pick(rng, kinds + ["shape"] * max(1, len(kinds) // 2), used)
+            sel = sorted((o for o in objs if kind == "shape" or o.kind == kind), key=lambda o: (o.box[1], o.box[0]))
+            ans = json_answer([{"bbox_2d": to_input(o.box, insize, size), "label": o.name} for o in sel])
+            out.append((DETECT_PROMPT.format(category=kind), ans,
+                        {"boxes": [list(o.box) for o in sel], "labels": [o.name for o in sel]}))
+        elif task == "count":
+            # Every shape kind may be asked, present or not (0 is an answer too), and "shapes" overall.
+            kind = _pick(rng, list(SHAPES) + ["shape"] * 2, used)
+            n = len(objs) if kind == "shape" else sum(o.kind == kind for o in objs)
+            out.append((COUNT.format(kind=kind), str(n), {"count": n}))
+        else:
+            raise ValueError(f"not a shape task: {task!r}")
+    return out
+
+
+def generate(task: str, rng: random.Random, opts):
+    img, size, objs = scene(rng, opts.size_range, opts.draw)
+    insize = opts.insize(size)
+    return img, size, questions(task, rng, objs, size, insize, opts.turns)
+
+
+def blank(size) -> Image.Image:
+    return Image.new("RGB", size, (255, 255, 255))

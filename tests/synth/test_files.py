@@ -1,0 +1,108 @@
+"""qwenvl.synth.write / `qwenvl data synth`: files `qwenvl train` reads, eval rows the synth_* eval tasks
+score (oracle answers score 100, a tiny random model runs end to end)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qwenvl import synth
+from qwenvl.cli.main import main
+from qwenvl.eval.registry import get_task
+from qwenvl.eval.scoring import score as score_run
+from qwenvl.processing.image import MediaSettings
+from qwenvl.processing.video import fetch_video_sized
+from qwenvl.train.data import read_records
+
+
+@pytest.mark.parametrize("task", synth.TASKS)
+def test_write_is_readable_by_train_and_eval(task, tmp_path):
+    train, evalf = synth.write(task, 3, tmp_path, seed=4, turns=2)
+    turns = 1 if task in ("read", "document") else 2      # one question per text image / page
+    recs = read_records(train, on_bad="fail")
+    assert len(recs) == 3
+    for r in recs:
+        items = [c for c in r.messages[0]["content"] if c["type"] in ("image", "video")]
+        assert len(items) == 1 and (tmp_path / items[0][items[0]["type"]]).exists()
+        assert [m["role"] for m in r.messages] == ["user", "assistant"] * turns
+    rows = [json.loads(line) for line in evalf.read_text().splitlines()]
+    assert len(rows) == 3 * turns and len({r["id"] for r in rows}) == 3 * turns and {r["task"] for r in rows} == {task}
+    # the same seed writes the same files
+    again = tmp_path / "again"
+    synth.write(task, 3, again, seed=4, turns=2)
+    assert (again / "eval.jsonl").read_text() == evalf.read_text()
+
+    # oracle predictions (the answers themselves) score 100 on every metric of the eval task
+    t = get_task(f"synth_{task}")
+    records = t.load(evalf)
+    preds = [{"id": r["id"], "prediction": r["answer"], "input_size": r["input_size"]} for r in records]
+    rep = score_run(t, records, preds)
+    assert rep["missing"] == 0
+    for k in t.metrics:
+        assert rep["metrics"][k] >= (80.0 if k == "iou" else 100.0), (k, rep)
+    wrong = score_run(t, records, [{"id": r["id"], "prediction": "no idea"} for r in records])
+    assert all(v == 0 for v in wrong["metrics"].values())
+
+
+def test_video_files_decode_to_the_same_clip(tmp_path):
+    """The MP4 sampled at the row's fps gives back every frame, at that fps and size."""
+    _, evalf = synth.write("video_ground", 3, tmp_path, seed=2)
+    for row in map(json.loads, evalf.read_text().splitlines()):
+        item = {"video": str(tmp_path / row["video"]), "fps": row["fps"], "min_pixels": row["min_pixels"],
+                "max_pixels": row["max_pixels"]}
+        frames, fps, orig = fetch_video_sized(item, MediaSettings())
+        n = round(row["target"]["duration"] * row["fps"])
+        assert frames.shape[0] == n and abs(fps - row["fps"]) < 1e-6 and list(orig) == row["media_size"]
+        assert (frames.shape[3], frames.shape[2]) == tuple(row["input_size"])
+
+
+def test_mixed_rows_with_the_synth_task(tmp_path):
+    rows = []
+    for task in ("count", "ground", "read"):
+        _, evalf = synth.write(task, 2, tmp_path / task, seed=1)
+        for r in map(json.loads, evalf.read_text().splitlines()):
+            r["image"] = f"{task}/{r['image']}"
+            r["id"] = f"{task}-{r['id']}"
+            rows.append(r)
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = get_task("synth")
+    records = t.load(mixed)
+    rep = score_run(t, records, [{"id": r["id"], "prediction": r["answer"]} for r in records])
+    assert rep["metrics"]["mean"] == 100.0 and rep["metrics"]["count/exact"] == 100.0
+    assert "ground/acc@0.5" in rep["metrics"] and "read/exact" in rep["metrics"]
+    with pytest.raises(ValueError, match="synth_count"):
+        get_task("synth_ground").load(tmp_path / "count" / "eval.jsonl")
+
+
+def test_data_synth_cli(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["data", "synth", "--task", "point", "--n", "4", "--out", str(out), "--seed", "3"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["examples"] == 4 and rep["questions"] == 4
+    assert len(list((out / "images").glob("*.png"))) == 4
+    assert len(read_records(out / "train.jsonl", on_bad="fail")) == 4
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--task", "nope", "--n", "1", "--out", str(out)])
+
+
+@pytest.mark.parametrize("task", ["ground", "video_ground"])
+def test_eval_run_on_tiny_model(task, tiny_ckpt, tmp_path):
+    data = tmp_path / "data"
+    synth.write(task, 2, data, seed=5, size_range=(56, 160))
+    out = tmp_path / "out"
+    assert main(["eval", "run", "--task", f"synth_{task}", "--data", str(data / "eval.jsonl"), "--model",
+                 str(tiny_ckpt), "--out", str(out), "--max-new-tokens", "4", "--dtype", "float32",
+                 "--no-progress"]) == 0
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (data / "eval.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in preds] == [r["id"] for r in rows]
+    for p, r in zip(preds, rows):
+        assert isinstance(p["prediction"], str)
+        if task == "ground":
+            assert p["input_size"] == r["input_size"]     # the row's pixel budget reached the processor
+        else:
+            assert abs(p["fps"] - r["fps"]) < 1e-6
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["num_samples"] == 2 and set(scores["metrics"]) >= set(get_task(f"synth_{task}").metrics)

@@ -1,0 +1,238 @@
+"""qwenvl.synth generators and scorers: seeded, answers in Qwen2.5-VL's formats that the project's parsers
+read, coordinates in the resized input that map back to the target, video timing on frame pairs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from qwenvl import synth
+from qwenvl.processing.image import fetch_image_sized
+from qwenvl.synth.common import COLORS
+from qwenvl.tasks import parse_boxes, parse_document, parse_time_span
+
+IMAGE_TASKS = [t for t in synth.TASKS if t != "video_ground"]
+
+
+def media(ex):
+    return next(it for it in ex.messages[0]["content"] if it["type"] in ("image", "video"))
+
+
+def fingerprint(ex):
+    item = media(ex)
+    pix = [f.tobytes() for f in item["video"]] if item["type"] == "video" else [item["image"].tobytes()]
+    return ([m["content"] if isinstance(m["content"], str) else
+             [c.get("text") for c in m["content"]] for m in ex.messages], ex.targets, ex.media_size, pix)
+
+
+@pytest.mark.parametrize("task", synth.TASKS)
+def test_deterministic_per_seed(task):
+    a = [fingerprint(synth.sample(task, random.Random(7), turns=2)) for _ in range(2)]
+    assert a[0] == a[1]
+    others = [fingerprint(synth.sample(task, random.Random(s), turns=2)) for s in (8, 9)]
+    assert all(o != a[0] for o in others)
+
+
+def test_no_global_random_state_used():
+    random.seed(1)
+    x = fingerprint(synth.sample("ground", random.Random(3)))
+    random.seed(2)
+    import numpy as np
+    np.random.seed(5)
+    assert fingerprint(synth.sample("ground", random.Random(3))) == x
+
+
+@pytest.mark.parametrize("task", synth.TASKS)
+def test_own_answers_score_perfectly_and_wrong_ones_zero(task):
+    rng = random.Random(11)
+    for i in range(25):
+        ex = synth.sample(task, rng, turns=1 + i % 3, size_range=[(56, 200), (112, 640), (300, 1000)][i % 3],
+                          max_pixels=[64, 160, 400][i % 3] * 28 * 28)
+        assert ex.task == task and len(ex.messages) == 2 * len(ex.targets)
+        for j, target in enumerate(ex.targets):
+            answer = ex.messages[2 * j + 1]["content"]
+            m = synth.score(task, target, answer, ex.input_size, ex.media_size)
+            assert set(m) == set(synth.scoring.METRICS[task])
+            for k, v in m.items():
+                assert v >= (0.8 if k == "iou" else 1.0), (task, k, v, answer, target)
+            wrong = wrong_answer(task, target, answer, ex)
+            for k, v in synth.score(task, target, wrong, ex.input_size, ex.media_size).items():
+                assert v < (1.0 if k == "f1@0.5" else 0.5), (task, k, v, wrong, target)
+            assert all(v == 0 for v in synth.score(task, target, "", ex.input_size, ex.media_size).values())
+
+
+def wrong_answer(task, target, answer, ex):
+    w, h = ex.input_size
+    if task in ("ground", "point", "gui"):
+        # the quadrant farthest from the target
+        b = target["bbox"]
+        sx, sy = ex.input_size[0] / ex.media_size[0], ex.input_size[1] / ex.media_size[1]
+        cx, cy = (b[0] + b[2]) / 2 * sx, (b[1] + b[3]) / 2 * sy
+        x = 1 if cx > w / 2 else w - 1
+        y = 1 if cy > h / 2 else h - 1
+        if task == "ground":
+            return answer.replace(answer[answer.index("[", 10):answer.index("]") + 1], f"[{x}, {y}, {x}, {y}]")
+        return f'```json\n[\n\t{{"point_2d": [{x}, {y}], "label": "x"}}\n]\n```'
+    if task == "ground_all":
+        lines = answer.split("\n")
+        boxes = [ln for ln in lines if "bbox_2d" in ln]
+        if len(boxes) > 1:          # one box missing
+            return "\n".join(ln for ln in lines if ln != boxes[-1]).replace("},\n]", "}\n]")
+        return answer + "\n" + answer          # one box twice: an extra box
+    if task == "count":
+        return str(target["count"] + 1)
+    if task == "read":
+        return target["text"] + "x"
+    if task == "document":
+        return "```html\n<html><body>\n<p data-bbox=\"0 0 1 1\">nothing</p>\n</body></html>\n```"
+    s, e = target["span"]
+    return f"The given query happens in {e + 1:.1f} - {e + 3:.1f} seconds."
+
+
+@pytest.mark.parametrize("size_range", [(28, 60), (100, 300), (500, 1000), (900, 1000)])
+@pytest.mark.parametrize("budget", [(4 * 784, 16 * 784), (4 * 784, 160 * 784), (1024 * 784, 2048 * 784)])
+def test_coordinates_map_back_for_many_sizes(size_range, budget):
+    """The processor resizes each item to Example.input_size, and the answer's boxes, read by parse_boxes
+    from that size, land within a resized pixel of the target in original pixels."""
+    rng = random.Random(hash((size_range, budget)) % 997)
+    for task in ("ground", "ground_all", "point", "gui"):
+        ex = synth.sample(task, rng, size_range=size_range, min_pixels=budget[0], max_pixels=budget[1])
+        item = media(ex)
+        resized, orig = fetch_image_sized(item)
+        assert resized.size == ex.input_size and orig == ex.media_size
+        assert ex.input_size[0] % 28 == 0 and ex.input_size[1] % 28 == 0
+        assert budget[0] <= ex.input_size[0] * ex.input_size[1] <= max(budget[1], 28 * 28)
+        dets = parse_boxes(ex.messages[1]["content"], input_size=ex.input_size, image_size=ex.media_size)
+        assert dets.format == "json"
+        tol = 0.51 * max(ex.media_size[0] / ex.input_size[0], ex.media_size[1] / ex.input_size[1]) + 1e-6
+        t = ex.targets[0]
+        if task == "ground_all":
+            assert [d.label for d in dets] == t["labels"]
+            for d, box in zip(dets, t["boxes"]):
+                assert max(abs(p - q) for p, q in zip(d.bbox, box)) <= tol
+        elif task == "ground":
+            assert dets[0].label == t["label"] and max(abs(p - q) for p, q in zip(dets[0].bbox, t["bbox"])) <= tol
+        elif task == "point":
+            assert max(abs(p - q) for p, q in zip(dets[0].point, t["point"])) <= tol
+        else:
+            b = t["bbox"]
+            assert b[0] <= dets[0].point[0] <= b[2] and b[1] <= dets[0].point[1] <= b[3]
+
+
+def test_scene_content_matches_the_questions():
+    """The named shape is unique, drawn in its colour at the answer's point, and the counts are right."""
+    rng = random.Random(5)
+    for _ in range(30):
+        ex = synth.sample("point", rng, size_range=(200, 400))
+        t = ex.targets[0]
+        img = media(ex)["image"]
+        rgb = img.getpixel(tuple(int(v) for v in t["point"]))
+        colour = t["label"].split()[0]
+        assert sum((a - b) ** 2 for a, b in zip(rgb, COLORS[colour])) ** 0.5 < 40, (rgb, t)
+        q = ex.messages[0]["content"]
+        assert any(c.get("text") == f"Point to the {t['label']}, output its coordinates in JSON format." for c in q)
+    for _ in range(20):
+        ex = synth.sample("ground_all", rng, turns=2)
+        for j, t in enumerate(ex.targets):
+            q = next(c["text"] for c in ex.messages[2 * j]["content"] if isinstance(c, dict) and c["type"] == "text") \
+                if j == 0 else ex.messages[2 * j]["content"][0]["text"]
+            kind = q.split("each ")[1].split(" and")[0]
+            assert all(lab.endswith(kind) for lab in t["labels"]) or kind == "shape"
+            assert len(set(t["labels"])) == len(t["labels"])    # unique by colour + shape
+
+
+def test_multi_turn_media_only_in_the_first_turn():
+    ex = synth.sample("ground", random.Random(2), turns=3)
+    roles = [m["role"] for m in ex.messages]
+    assert roles == ["user", "assistant"] * 3
+    kinds = [[c["type"] for c in m["content"]] for m in ex.messages[::2]]
+    assert sorted(kinds[0]) == ["image", "text"] and kinds[1] == kinds[2] == ["text"]
+    labels = [t["label"] for t in ex.targets]
+    n_objs = len(synth.shapes.scene(random.Random(2), (112, 640))[2])
+    assert len(set(labels)) == min(3, n_objs)        # other objects while there are any
+
+
+def test_order_option():
+    first = synth.sample("count", random.Random(1), order="text_first").messages[0]["content"]
+    assert [c["type"] for c in first] == ["text", "image"]
+    first = synth.sample("count", random.Random(1), order="media_first").messages[0]["content"]
+    assert [c["type"] for c in first] == ["image", "text"]
+    with pytest.raises(ValueError, match="order"):
+        synth.sample("count", random.Random(1), order="sideways")
+
+
+def test_bad_arguments_name_the_item():
+    with pytest.raises(ValueError, match="unknown synth task 'bogus'"):
+        synth.sample("bogus", random.Random(0))
+    with pytest.raises(ValueError, match="turns"):
+        synth.sample("ground", random.Random(0), turns=0)
+    with pytest.raises(ValueError, match="size_range"):
+        synth.sample("ground", random.Random(0), size_range=(300, 100))
+    with pytest.raises(ValueError, match="unknown synth task"):
+        synth.score("bogus", {}, "", (28, 28), (28, 28))
+
+
+def test_document_answer_parses_into_the_target_blocks():
+    rng = random.Random(4)
+    for _ in range(10):
+        ex = synth.sample("document", rng)
+        doc = parse_document(ex.messages[1]["content"], input_size=ex.input_size, image_size=ex.media_size)
+        blocks = ex.targets[0]["blocks"]
+        assert not doc.warnings
+        assert [synth.scoring.doc_kind(b.kind) for b in doc.blocks] == [b["kind"] for b in blocks]
+        for b, t in zip(doc.blocks, blocks):
+            assert " ".join(b.text.split()) == t["text"]
+            if t["kind"] == "list":
+                assert len(b.items) >= 2 and all(i.bbox for i in b.items)
+        # blocks are stacked top to bottom and stay on the page
+        ys = [t["bbox"][1] for t in blocks]
+        assert ys == sorted(ys) and all(t["bbox"][3] <= ex.media_size[1] for t in blocks)
+
+
+def test_read_text_is_legible_after_resizing():
+    rng = random.Random(6)
+    for _ in range(30):
+        ex = synth.sample("read", rng, max_pixels=160 * 28 * 28)
+        x1, y1, x2, y2 = ex.targets[0]["bbox"]
+        assert 0 <= x1 < x2 <= ex.media_size[0] and 0 <= y1 < y2 <= ex.media_size[1]
+        assert (y2 - y1) * ex.input_size[1] / ex.media_size[1] >= 8      # ink height in input pixels
+        assert ex.messages[1]["content"] == ex.targets[0]["text"]
+
+
+def test_video_timing_and_events():
+    rng = random.Random(3)
+    seen = set()
+    for i in range(40):
+        ex = synth.sample("video_ground", rng, turns=1 + i % 2)
+        item = media(ex)
+        frames, fps = item["video"], item["fps"]
+        n = len(frames)
+        assert n % 2 == 0 and n >= 4 and 0.5 <= fps <= 4.0 and fps == ex.fps
+        assert 2.0 <= n / fps <= 12.0 + 1e-9 or n == 4
+        assert all(f.size == ex.media_size for f in frames) and ex.media_size[0] % 2 == 0
+        for j, t in enumerate(ex.targets):
+            a, b = t["frames"]
+            assert a % 2 == 0 and b % 2 == 0 and 0 <= a < b <= n and (a, b) != (0, n)
+            assert t["span"] == [round(a / fps, 1), round(b / fps, 1)]
+            assert parse_time_span(ex.messages[2 * j + 1]["content"]) == tuple(t["span"])
+            seen.add(t["event"])
+        if len(ex.targets) == 1:        # one event: the frames change exactly at its edges
+            t = ex.targets[0]
+            a, b = t["frames"]
+            px = [f.tobytes() for f in frames]
+            changes = [k for k in range(1, n) if px[k] != px[k - 1]]
+            if t["event"] == "move":
+                assert changes and a < changes[0] and changes[-1] <= b - 1
+            else:
+                assert changes == [k for k in (a, b) if 0 < k < n]
+    assert seen == {"appear", "move", "colour"}
+
+
+def test_corpus_covers_every_task():
+    texts = synth.corpus(80, seed=1)
+    assert len(texts) == 80 and texts == synth.corpus(80, seed=1) and texts != synth.corpus(80, seed=2)
+    joined = "\n".join(texts)
+    for marker in ("bbox_2d", "point_2d", "How many", "QwenVL HTML", "data-bbox", "Click the",
+                   "The given query happens in", "Outline the position"):
+        assert marker in joined
