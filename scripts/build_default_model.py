@@ -49,8 +49,8 @@ RECIPE = {
     "stage": "multimodal", "lr": 3e-4, "vision_lr": 3e-4, "merger_lr": 3e-4, "warmup": 30, "min_lr_ratio": 0.05,
     "weight_decay": 0.01, "batch_size": 2, "pack": True, "max_len": 1024, "chunk": 48,
     "loss_weighting": "reply", "synth": {"turns": 3, "size_range": [112, 640]},
-    "curriculum": [{"steps": 1500, "data": STAGE1}, {"steps": 6500, "data": STAGE2}],
-    "max_steps": 8000, "eval_data": STAGE2, "eval_every": 250, "eval_generate": 12, "eval_max_new_tokens": 120,
+    "curriculum": [{"steps": 500, "data": STAGE1}, {"steps": 1700, "data": STAGE2}],
+    "max_steps": 2200, "eval_data": STAGE2, "eval_every": 300, "eval_generate": 8, "eval_max_new_tokens": 120,
     "save_every": 100, "keep": 2, "fps_range": None,
 }
 
