@@ -183,7 +183,11 @@ function renderMessage(m, index) {
     }
     node.append(thumbs);
   }
-  node.append(el("div", { class: "text", text: m.text }));
+  const text = el("div", { class: "text", text: m.text });
+  if (m.parse && m.parse.document && m.parse.document.blocks.length) {
+    // a parsed document's HTML is long and shown as blocks below: keep it one click away
+    node.append(el("details", { class: "raw" }, el("summary", { text: "Model output (QwenVL HTML)" }), text));
+  } else node.append(text);
   if (m.error) node.append(el("div", { class: "error", role: "alert", text: `Error: ${m.error}` }));
   if (m.role === "assistant" && m.parse) {
     const viz = renderViz(m);
@@ -232,6 +236,8 @@ function stage(image, shapes) {
     const color = COLORS[i % COLORS.length];
     if (s.bbox) {
       const [x1, y1, x2, y2] = s.bbox;
+      // a white halo under the coloured line keeps the box visible on any background (a red box on red)
+      overlay.append(svg("rect", { x: x1, y: y1, width: x2 - x1, height: y2 - y1, class: "halo" }));
       const rect = svg("rect", { x: x1, y: y1, width: x2 - x1, height: y2 - y1, stroke: color, "data-i": i });
       rect.append(svg("title", {}));
       rect.firstChild.textContent = s.label || "";
@@ -293,13 +299,17 @@ function renderViz(m) {
     return viz;
   }
   const video = mediaFor(index, "video");
-  const spans = p.events && p.events.length ? p.events : p.span ? [{ start: p.span[0], end: p.span[1], description: "" }] : [];
+  // several timed events (dense captions) or else the one span of a temporal-grounding answer
+  const events = p.events || [];
+  const spans = events.length > 1 || (events.length && !p.span) ? events
+    : p.span ? [{ start: p.span[0], end: p.span[1], description: "" }] : [];
   if (spans.length && video && video.url) {
     const player = el("video", { src: video.url, controls: true, preload: "metadata", "aria-label": video.name });
     const line = el("div", { class: "timeline" });
     const ticks = el("div", { class: "ticks" });
     const draw = (duration) => {
-      const d = Math.max(duration || 0, ...spans.map((s) => s.end)) || 1;
+      const known = isFinite(duration) && duration > 0;
+      const d = Math.max(known ? duration : 0, ...spans.map((s) => s.end)) || 1;
       line.replaceChildren();
       for (const s of spans) {
         const seg = el("button", { type: "button", class: "seg", title: `${fmtSeconds(s.start)} – ${fmtSeconds(s.end)} ${s.description || ""}`,
@@ -309,7 +319,7 @@ function renderViz(m) {
         seg.style.width = `${(100 * (s.end - s.start)) / d}%`;
         line.append(seg);
       }
-      ticks.replaceChildren(el("span", { text: "0 s" }), el("span", { text: fmtSeconds(d) }));
+      ticks.replaceChildren(el("span", { text: "0 s" }), el("span", { text: known ? fmtSeconds(d) : `${fmtSeconds(d)} (video length unknown)` }));
     };
     draw(video.duration);
     player.addEventListener("loadedmetadata", () => draw(player.duration));
