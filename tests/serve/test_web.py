@@ -395,3 +395,21 @@ def test_narrow_screen(browser, server, tmp_path, web_pipe):
         shot(pg, tmp_path, "web-narrow")
     finally:
         context.close()
+
+
+def test_exif_rotated_photo_uses_the_stored_pixels(page, server, tmp_path, web_pipe):
+    """Phones save photos sideways with an EXIF 'rotate 90' tag. The model sees the stored pixels (no
+    EXIF rotation anywhere in the processing), so the page must draw on those, not on the rotated view."""
+    _, script = server
+    img = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6                       # Orientation: rotate 90 CW to display
+    Image.new("RGB", (400, 200), (30, 120, 200)).save(img, "JPEG", exif=exif.tobytes())
+    insize = input_size(web_pipe.processor, 400, 200)
+    script.say(f'{{"bbox_2d": {to_input((100, 50, 300, 150), (400, 200), insize)}, "label": "middle"}}')
+    ask(page, "Locate the middle.", [img])
+    msg = wait_answer(page)
+    assert msg.locator("svg.overlay").get_attribute("viewBox") == "0 0 400 200"
+    assert "image 400×200" in msg.locator(".caption").inner_text()
+    shown = msg.locator(".stage img").bounding_box()
+    assert shown["width"] > shown["height"]   # displayed as stored, like the model sees it

@@ -115,11 +115,18 @@ function readAsDataURL(file) {
 function mediaSize(kind, url) {
   return new Promise((resolve) => {
     if (kind === "image") {
+      // The model sees the stored pixels: neither the server nor qwen-vl-utils applies EXIF rotation.
+      // naturalWidth/Height (and createImageBitmap) report the rotated size, so measure the laid-out
+      // size of an unscaled copy under image-orientation: none instead (CSS px = image px at 1:1).
       const img = new Image();
-      img.style.imageOrientation = "none";   // the server does not apply EXIF rotation, so neither do we
-      img.onload = () => resolve([img.naturalWidth, img.naturalHeight]);
-      img.onerror = () => resolve([null, null]);
+      img.style.cssText = "image-orientation:none;position:absolute;left:-99999px;top:0;visibility:hidden;" +
+        "max-width:none;max-height:none;width:auto;height:auto;border:0;padding:0";
       img.src = url;
+      document.body.append(img);
+      img.decode().then(() => {
+        const r = img.getBoundingClientRect();
+        resolve([Math.round(r.width), Math.round(r.height)]);
+      }, () => resolve([null, null])).finally(() => img.remove());
     } else {
       const v = document.createElement("video");
       v.preload = "metadata";
