@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import os
 import shutil
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 from serve_util import client, data_uri, image_message, running_server
@@ -413,3 +415,54 @@ def test_exif_rotated_photo_uses_the_stored_pixels(page, server, tmp_path, web_p
     assert "image 400×200" in msg.locator(".caption").inner_text()
     shown = msg.locator(".stage img").bounding_box()
     assert shown["width"] > shown["height"]   # displayed as stored, like the model sees it
+
+
+def test_stop_keeps_the_partial_answer(page, server):
+    _, script = server
+    script.say("word " * 200, delay=0.05)
+    ask(page, "Talk for a long time.")
+    page.wait_for_function("(document.querySelector('article.assistant.streaming .text') || {}).textContent")
+    page.press("#prompt", "Escape")
+    page.wait_for_selector("article.assistant[data-state=stopped]")
+    msg = page.locator("article.assistant")
+    assert 0 < len(msg.locator(".text").inner_text()) < len("word " * 200)
+    assert "stopped" in msg.locator(".stats").inner_text()
+    assert page.locator("#send").is_visible() and not page.locator("#stop").is_visible()
+
+
+def test_stream_parsing_and_cached_tokens(page):
+    """The page reads an OpenAI-shaped stream from another server too (CRLF line ends, a role-only
+    first chunk, usage in the last one), and shows the prefix-cache figure when usage carries
+    prompt_tokens_details.cached_tokens (this server's scheduler does not report it yet)."""
+    chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+               "usage": None}]
+    chunks += [{"choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}], "usage": None}
+               for w in ("Hello", ", ", "wörld", "!")]
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}], "usage": None})
+    chunks.append({"choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44,
+                                            "prompt_tokens_details": {"cached_tokens": 32}}})
+    body = "".join(f"data: {json.dumps(c, ensure_ascii=False)}\r\n\r\n" for c in chunks) + "data: [DONE]\r\n\r\n"
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=body.encode()))
+    ask(page, "hi")
+    msg = wait_answer(page)
+    assert msg.locator(".text").inner_text() == "Hello, wörld!"
+    stats = msg.locator(".stats").inner_text()
+    assert "prompt 40 (cached 32)" in stats and "4 tokens" in stats and "length" in stats
+
+
+def test_storage_full_keeps_the_text(page, server, tmp_path):
+    """localStorage holds a few MB; a large photo as a data URI does not fit. The conversation is then
+    kept without its media, and says so, rather than not at all."""
+    _, script = server
+    big = tmp_path / "big.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (1400, 1400, 3), dtype=np.uint8)).save(big)   # ~5.9 MB, ~7.8 MB base64
+    script.say("A noisy picture.")
+    ask(page, "What is this?", [big])
+    wait_answer(page)
+    assert "storage is full" in page.locator("#status").inner_text()
+    page.reload()
+    page.wait_for_selector("article.assistant[data-state=done]")
+    assert page.locator("article.assistant .text").inner_text() == "A noisy picture."
+    assert "not kept" in page.locator("article.user .missing").inner_text()

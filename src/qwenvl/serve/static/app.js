@@ -179,7 +179,8 @@ function renderAll() {
 
 function renderMessage(m, index) {
   const node = el("article", { class: `msg ${m.role}${m.state === "streaming" ? " streaming" : ""}`, "data-index": index,
-    "data-state": m.state || "done", "aria-label": m.role === "user" ? "Your message" : "Answer" });
+    "data-state": m.state || "done", "aria-label": m.role === "user" ? "Your message" : "Answer",
+    "aria-busy": m.state === "streaming" ? "true" : null });   // screen readers: read the answer once it is done
   node.append(el("div", { class: "role", text: m.role === "user" ? "You" : info.model }));
   if (m.role === "user" && m.media && m.media.length) {
     const thumbs = el("div", { class: "thumbs" });
@@ -401,7 +402,8 @@ async function send() {
     while (!done) {
       const { value, done: end } = await reader.read();
       if (end) break;
-      buf += decoder.decode(value, { stream: true }).replace(/\r\n/g, "\n");
+      // normalise CRLF on the whole buffer: a read may end between the \r and the \n
+      buf = (buf + decoder.decode(value, { stream: true })).replace(/\r\n/g, "\n");
       let cut;
       while (!done && (cut = buf.indexOf("\n\n")) >= 0) {
         const event = buf.slice(0, cut);
