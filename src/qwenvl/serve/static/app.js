@@ -14,6 +14,7 @@ let info = { model: "qwenvl", media: { max_image_bytes: 20 * 2 ** 20, max_video_
 let messages = [];      // {role, text, media: [{kind, url, name, width, height}]} / {role, text, stats, parse, ...}
 let pending = [];       // attachments for the next message
 let controller = null;  // AbortController of the answer in flight
+let emptyText = "";
 
 // ------------------------------------------------------------------------------ small helpers
 
@@ -172,7 +173,7 @@ function renderAttachments() {
 function renderAll() {
   const log = $("log");
   log.replaceChildren();
-  if (!messages.length) log.append(el("p", { id: "empty", class: "empty", text: $("empty-text").textContent }));
+  if (!messages.length) log.append(el("p", { id: "empty", class: "empty", text: emptyText }));
   messages.forEach((m, i) => log.append(renderMessage(m, i)));
   log.scrollTop = log.scrollHeight;
 }
@@ -478,10 +479,7 @@ async function parseAnswer(index) {
 // ------------------------------------------------------------------------------ wiring
 
 function setup() {
-  // keep the empty-state text as a template for "New chat"
-  const tmpl = el("template", { id: "empty-text" });
-  tmpl.textContent = $("empty").textContent.replace(/\s+/g, " ").trim();
-  document.body.append(tmpl);
+  emptyText = $("empty").textContent.replace(/\s+/g, " ").trim();   // shown again after "New chat"
 
   loadSettings();
   loadChat();
