@@ -259,6 +259,8 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
         finally:   # also runs when the client disconnects and the response task is cancelled
             scheduler.cancel(handle)
 
+    from .web import add_web   # the chat page at / and its two helper routes (web.py)
+    add_web(app, pipe)
     return app
 
 
