@@ -196,7 +196,7 @@ def test_vision_cache_serves_the_same_image_under_another_prefix(ours, proc):
     engine = Engine(ours, max_batch=1, max_len=512, prefix_cache=pc)
     img = image(120, 90, 5)
     other = seq_for(proc, ["Describe it."], [img], system="You are a poet who answers in verse.")
-    with Calls(ours.visual) as tower:
+    with Calls(ours.visual.patch_embed) as tower:
         serve(engine, [seq_for(proc, ["Describe it."], [img], system="You are terse.")])
         assert tower.n == 1
         out = serve(engine, [other])[0]
@@ -211,7 +211,7 @@ def test_n_siblings_share_one_prefill_and_one_vision_pass(ours, proc):
     for s in seqs[1:]:
         s.media = seqs[0].media
     engine = Engine(ours, max_batch=3, max_len=512)   # no prefix cache: the sharing is the fork itself
-    with Calls(ours.visual) as tower, Calls(ours.language_model) as lm:
+    with Calls(ours.visual.patch_embed) as tower, Calls(ours.language_model) as lm:
         engine.admit(seqs[0], seqs[1:])
         while engine.active:
             engine.step()
@@ -268,3 +268,41 @@ def test_failed_prefill_is_isolated(ours, proc):
     assert engine.failed and engine.failed[0][0] is bad and "patches" in str(engine.failed[0][1])
     assert engine.free_slots() == 1 and not engine.prefills
     assert [s for s, _ in engine.step()] == [ok]
+
+
+def test_stepwise_tower_equals_the_tower(ours, proc):
+    s = seq_for(proc, ["x"], [image(200, 150, 9)])
+    pixels, grid = s.media["pixel_values"], s.media["image_grid_thw"]
+    engine = Engine(ours, max_batch=1, max_len=512, prefill_chunk=1)   # the smallest chunk: one block per step
+    steps = engine._encode(pixels, grid)
+    n = 0
+    with torch.inference_mode():
+        try:
+            while True:
+                next(steps)
+                n += 1
+        except StopIteration as done:
+            feats = done.value
+        ref = ours.visual(pixels, grid)
+    assert n == ours.config.vision.depth
+    assert torch.equal(feats, ref)
+
+
+def test_siblings_take_over_a_prefill_whose_sequence_is_released(ours, proc):
+    img = image(150, 100, 10)
+    seqs = [seq_for(proc, ["Go on."], [img], params=SamplingParams(max_new_tokens=6, temperature=1.0, seed=s))
+            for s in (1, 2, 3)]
+    engine = Engine(ours, max_batch=3, max_len=512, prefill_chunk=4)
+    with Calls(ours.visual.patch_embed) as tower:
+        engine.admit(seqs[0], seqs[1:])
+        for _ in range(3):
+            engine.step()
+        assert seqs[1].prefilling
+        engine.release(seqs[0])   # the client of choice 0 went away mid-prefill
+        while engine.active:
+            engine.step()
+            for s in engine.active:
+                if s.finished:
+                    engine.release(s)
+    assert tower.n == 1 and seqs[0].finish_reason == "abort"
+    assert [s.output_ids for s in seqs[1:]] == [uncached(ours, s) for s in seqs[1:]]

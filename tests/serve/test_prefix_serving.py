@@ -24,8 +24,9 @@ def cached_server(pipe):
 
 @contextlib.contextmanager
 def tower_calls(pipe):
+    """Tower runs, counted at the patch embedding (a chunked prefill runs the tower block by block)."""
     calls = []
-    hook = pipe.model.visual.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    hook = pipe.model.visual.patch_embed.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
     try:
         yield calls
     finally:

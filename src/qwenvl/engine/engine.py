@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model import QwenVL
+from ..model.layers import compute_dtype
 from ..model.rope import decode_positions, mrope_positions
 from .native_decode import NativeDecoder
 from .prefix_cache import PrefixCache, block_keys, media_items
@@ -60,8 +61,7 @@ class Prefill:
     positions: torch.Tensor        # [3, 1, L]
     start: int                     # tokens taken from the prefix cache
     done: int
-    embeds: torch.Tensor | None = None   # [1, L - start, E] once the media are encoded
-    t0: float = 0.0
+    work: object = None            # the prefill's generator (Engine._prefill)
 
 
 class Engine:
@@ -173,72 +173,39 @@ class Engine:
         self.prefills.append(state)
         return state
 
-    def _embed(self, state: Prefill) -> torch.Tensor:
-        """Embeddings of the prompt tokens not taken from the cache, media features in place."""
-        seq, start = state.seq, state.start
-        ids = torch.tensor([seq.prompt_ids], device=self.device)
-        cfg, m = self.model.config, seq.media
-        rest = ids[:, start:]
-        if not bool(((rest == cfg.image_token_id) | (rest == cfg.video_token_id)).any()):
-            return self.model.language_model.embed_tokens(rest)   # the media are all in the cached prefix
-        if self.prefix_cache is None:
-            embeds = self.model.embed(ids, m.get("pixel_values"), m.get("image_grid_thw"),
-                                      m.get("pixel_values_videos"), m.get("video_grid_thw"),
-                                      m.get("image_embeds"), m.get("video_embeds"))
-            return embeds[:, start:]
-        feats = self._features(seq, ids, start)
-        return self.model.embed(ids, image_embeds=feats.get("image"), video_embeds=feats.get("video"))[:, start:]
-
-    def _features(self, seq: Sequence, ids: torch.Tensor, start: int) -> dict:
-        """Per kind, the features of all items in prompt order: from the vision cache, from the tower for items
-        with pad tokens past `start`, zeros for items wholly inside the cached prefix (never read)."""
-        pc, cfg, m = self.prefix_cache, self.model.config, seq.media
-        out = {}
-        for kind, token, pix_key, grid_key in (("image", cfg.image_token_id, "pixel_values", "image_grid_thw"),
-                                               ("video", cfg.video_token_id, "pixel_values_videos",
-                                                "video_grid_thw")):
-            items = [it for it in seq.media_items if it.kind == kind]
-            if not items:
-                continue
-            pads = (ids[0] == token).nonzero().flatten().tolist()   # token index of each pad, in order
-            grid = m[grid_key]
-            offsets = [0] + grid.prod(-1).cumsum(0).tolist()
-            parts, used = [], 0
-            for it in items:
-                span_end = pads[used + it.tokens - 1]
-                used += it.tokens
-                if span_end < start:
-                    parts.append(torch.zeros(it.tokens, cfg.text.hidden_size, device=self.device))
-                    continue
-                f = pc.features(it)
-                if f is None:
-                    f = self.model.visual(m[pix_key][offsets[it.index]:offsets[it.index + 1]],
-                                          grid[it.index:it.index + 1])
-                    pc.store_features(it, f)
-                parts.append(f)
-            out[kind] = torch.cat(parts)
-        return out
-
     def _advance(self, state: Prefill) -> bool:
-        """One unit of `state`'s prefill; True when the prompt is in the cache and the first tokens sampled."""
+        """One unit of `state`'s prefill (all of it without chunking); True when the prompt is in the cache and
+        the first tokens are sampled."""
+        if state.work is None:
+            state.work = self._prefill(state)
+        try:
+            next(state.work)
+            while self.prefill_chunk is None:
+                next(state.work)
+        except StopIteration:
+            return True
+        return False
+
+    def _prefill(self, state: Prefill):
+        """The prefill as a generator: it yields between units of work (tower steps, prompt chunks)."""
+        t0 = time.perf_counter()
+        embeds = yield from self._embed(state)
+        vision_s = time.perf_counter() - t0
+        L = len(state.seq.prompt_ids)
+        while True:
+            # state.seq is read per chunk: a sibling takes the prefill over if its sequence is released
+            rows = torch.tensor([state.seq.slot], device=self.device)
+            lo = state.done
+            hi = L if self.prefill_chunk is None else min(L, lo + self.prefill_chunk)
+            # chunk query i sits at lo + i and may attend to every key up to it, cached or new
+            mask = torch.arange(hi, device=self.device)[None] <= torch.arange(lo, hi, device=self.device)[:, None]
+            hidden = self.model.language_model(embeds[:, lo - state.start:hi - state.start],
+                                               state.positions[:, :, lo:hi], mask[None, None], self.cache, rows)
+            state.done = hi
+            if hi == L:
+                break
+            yield
         seq = state.seq
-        if state.embeds is None:
-            state.t0 = time.perf_counter()
-            state.embeds = self._embed(state)
-            seq.timings["vision_s"] = time.perf_counter() - state.t0
-            if self.prefill_chunk is not None and self._had_media(state):
-                return False   # the media encoding was this step's unit
-        L = len(seq.prompt_ids)
-        lo = state.done
-        hi = L if self.prefill_chunk is None else min(L, lo + self.prefill_chunk)
-        x = state.embeds[:, lo - state.start:hi - state.start]
-        rows = torch.tensor([seq.slot], device=self.device)
-        # chunk query i sits at lo + i and may attend to every key up to it, cached or new
-        mask = (torch.arange(hi, device=self.device)[None] <= torch.arange(lo, hi, device=self.device)[:, None])
-        hidden = self.model.language_model(x, state.positions[:, :, lo:hi], mask[None, None], self.cache, rows)
-        state.done = hi
-        if hi < L:
-            return False
         logits = self.model.logits(hidden[:, -1])[0]
         seq.prefilling = False
         self._pick(seq, logits)
@@ -253,14 +220,89 @@ class Engine:
         if self.prefix_cache is not None:
             self.prefix_cache.store(seq.block_keys, self.cache, seq.slot,
                                     first=state.start // self.prefix_cache.block_size)
-        t = time.perf_counter() - state.t0
+        t = time.perf_counter() - t0
         for s in [seq, *state.siblings]:
-            s.timings.update(vision_s=seq.timings.get("vision_s", 0.0), prefill_s=t, decode_s=0.0)
-        return True
+            s.timings.update(vision_s=vision_s, prefill_s=t, decode_s=0.0)
 
-    def _had_media(self, state: Prefill) -> bool:
-        cfg = self.model.config
-        return any(t in (cfg.image_token_id, cfg.video_token_id) for t in state.seq.prompt_ids[state.start:])
+    def _embed(self, state: Prefill):
+        """Embeddings of the prompt tokens not taken from the cache, media features in place (a generator:
+        yields between tower steps, returns the embeddings)."""
+        seq, start = state.seq, state.start
+        ids = torch.tensor([seq.prompt_ids], device=self.device)
+        cfg, m = self.model.config, seq.media
+        rest = ids[:, start:]
+        if not bool(((rest == cfg.image_token_id) | (rest == cfg.video_token_id)).any()):
+            return self.model.language_model.embed_tokens(rest)   # no media, or all in the cached prefix
+        if self.prefix_cache is None and self.prefill_chunk is None:   # the model's own path: one tower call
+            embeds = self.model.embed(ids, m.get("pixel_values"), m.get("image_grid_thw"),
+                                      m.get("pixel_values_videos"), m.get("video_grid_thw"),
+                                      m.get("image_embeds"), m.get("video_embeds"))
+            return embeds[:, start:]
+        feats = {}
+        for kind, token, pix_key, grid_key in (("image", cfg.image_token_id, "pixel_values", "image_grid_thw"),
+                                               ("video", cfg.video_token_id, "pixel_values_videos",
+                                                "video_grid_thw")):
+            if m.get(f"{kind}_embeds") is not None:
+                feats[kind] = m[f"{kind}_embeds"]
+            elif m.get(grid_key) is not None:
+                feats[kind] = yield from self._features(seq, kind, ids, start, token, m[pix_key], m[grid_key])
+        return self.model.embed(ids, image_embeds=feats.get("image"), video_embeds=feats.get("video"))[:, start:]
+
+    def _features(self, seq, kind, ids, start, token, pixels, grid):
+        """The features of one kind's items in prompt order: from the vision cache, else from the tower, one
+        item at a time (in steps when chunking); zeros for items wholly inside the cached prefix (never read)."""
+        pc, cfg = self.prefix_cache, self.model.config
+        pads = (ids[0] == token).nonzero().flatten().tolist()   # token index of each pad, in order
+        sizes = grid.prod(-1).tolist()
+        offsets = [0] + torch.tensor(sizes).cumsum(0).tolist()
+        merge = cfg.vision.spatial_merge_size ** 2
+        items = [it for it in seq.media_items or [] if it.kind == kind]
+        parts, used = [], 0
+        for i, n in enumerate(sizes):
+            tokens = n // merge
+            span_end = pads[used + tokens - 1]
+            used += tokens
+            if span_end < start:
+                parts.append(torch.zeros(tokens, cfg.text.hidden_size, device=self.device))
+                continue
+            item = items[i] if pc is not None else None
+            f = pc.features(item) if pc is not None else None
+            if f is None:
+                f = yield from self._encode(pixels[offsets[i]:offsets[i + 1]], grid[i:i + 1])
+                if pc is not None:
+                    pc.store_features(item, f)
+            parts.append(f)
+        return torch.cat(parts)
+
+    def _encode(self, pixels: torch.Tensor, grid: torch.Tensor):
+        """The vision tower on one item. Without chunking, one call; with it, the steps of
+        VisionTransformer.forward split between blocks so that one step costs about what a prompt chunk of
+        the decoder does (counted in multiply-adds per patch and per token from the config)."""
+        visual = self.model.visual
+        if self.prefill_chunk is None:
+            return visual(pixels, grid)
+        cfg, tc = visual.cfg, self.model.config.text
+        n = pixels.shape[0]
+        if n != int(grid.prod(-1).sum()):
+            raise ValueError(f"pixel_values has {n} patches, the grid {grid.tolist()} needs "
+                             f"{int(grid.prod(-1).sum())}")
+        d, q, kv = tc.hidden_size, tc.num_attention_heads * tc.head_dim, tc.num_key_value_heads * tc.head_dim
+        chunk_cost = self.prefill_chunk * tc.num_hidden_layers * (d * (2 * q + 2 * kv)
+                                                                  + 3 * d * tc.intermediate_size)
+        block_cost = n * (4 * cfg.hidden_size ** 2 + 3 * cfg.hidden_size * cfg.intermediate_size)
+        per_step = max(1, chunk_cost // block_cost)
+        # the steps of VisionTransformer.forward, in the same order (the result is the same to the bit)
+        layout = visual.layout(grid)
+        unit = cfg.merge_unit
+        x = visual.patch_embed(pixels.to(compute_dtype(visual.dtype, pixels.device)))
+        x = x.view(n // unit, unit, -1)[layout.window_index.to(x.device)].view(n, -1)
+        cos, sin = visual.rope(layout.rope_hw)
+        full = set(cfg.fullatt_block_indexes)
+        for i, block in enumerate(visual.blocks):
+            x = block(x, cos, sin, layout.frames if i in full else layout.windows)
+            if (i + 1) % per_step == 0 or i + 1 == len(visual.blocks):
+                yield
+        return visual.merger(x)[layout.reverse_index.to(x.device)].to(visual.dtype)
 
     # ------------------------------------------------------------------ decoding
 
