@@ -131,3 +131,20 @@ def test_serve_flags():
     assert s.prefix_cache_mb == 64
     with pytest.raises(ValueError, match="--prefix-cache-mb"):
         settings_from_args(parse(["serve", "--model", "x", "--prefix-cache-mb", "-1"]), "x")
+
+
+def test_bench_serve_reports_stall_and_second_turn(pipe, tmp_path, capsys):
+    import json
+
+    from qwenvl.cli.main import build_parser
+
+    with running_server(pipe, max_batch=4, max_model_len=1024, prefill_chunk=32) as (base, _, _):
+        args = build_parser().parse_args(["bench-serve", "--url", base, "--concurrency", "2", "--requests", "4",
+                                          "--max-tokens", "6", "--image-size", "224", "--unique-images",
+                                          "--second-turn", "--json", str(tmp_path / "out.json")])
+        assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "worst stall (s)" in out and "turn-2 TTFT" in out
+    row = json.loads((tmp_path / "out.json").read_text())[0]
+    assert row["failed"] == 0 and row["stall_max"] > 0
+    assert row["turn2_cached_tokens_mean"] >= 64   # the image (64 tokens at 224 px) and the text around it
