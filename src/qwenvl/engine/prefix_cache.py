@@ -41,11 +41,12 @@ class MediaItem:
     index: int       # position among the prompt's items of its kind (its slice of pixel values)
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
+def _tensor_buffer(t: torch.Tensor):
+    """The tensor's memory as a buffer hashlib reads without a copy."""
     t = t.detach().contiguous().cpu()
     if t.dtype == torch.bfloat16:   # numpy has no bfloat16: hash the raw 16-bit words
         t = t.view(torch.int16)
-    return t.numpy().tobytes()
+    return t.numpy()
 
 
 def media_items(media: dict, config: QwenVLConfig) -> list[MediaItem]:
@@ -63,11 +64,12 @@ def media_items(media: dict, config: QwenVLConfig) -> list[MediaItem]:
         offset = 0
         for i, (t, h, w) in enumerate(grid.tolist()):
             n = t * h * w
-            d = hashlib.blake2b(digest_size=16)
-            d.update(f"{kind}:{t}x{h}x{w}:{pixels.dtype}:".encode())
+            # sha256: a cache key must resist a crafted collision (one user's image answered with another's);
+            # the normalized pixels cover the source and the preprocessing settings at once
+            d = hashlib.sha256(f"{kind}:{t}x{h}x{w}:{pixels.dtype}:".encode())
             if spg is not None:
                 d.update(f"{float(torch.as_tensor(spg).flatten()[i]):.9g}:".encode())
-            d.update(_tensor_bytes(pixels[offset:offset + n]))
+            d.update(_tensor_buffer(pixels[offset:offset + n]))
             offset += n
             items.append(MediaItem(kind, d.digest(), n // merge, i))
     return items
@@ -97,8 +99,8 @@ def block_keys(ids: list[int], items: list[MediaItem], config: QwenVLConfig, blo
     keys = []
     for b in range(len(ids) // block_size):
         lo, hi = b * block_size, (b + 1) * block_size
-        d = hashlib.blake2b(parent, digest_size=16)
-        d.update(torch.tensor(ids[lo:hi], dtype=torch.int64).numpy().tobytes())
+        d = hashlib.sha256(parent)
+        d.update(torch.tensor(ids[lo:hi], dtype=torch.int64).numpy())
         seen = []
         for i in range(lo, hi):
             o = owner.get(i)
