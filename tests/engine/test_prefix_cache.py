@@ -306,3 +306,21 @@ def test_siblings_take_over_a_prefill_whose_sequence_is_released(ours, proc):
                     engine.release(s)
     assert tower.n == 1 and seqs[0].finish_reason == "abort"
     assert [s.output_ids for s in seqs[1:]] == [uncached(ours, s) for s in seqs[1:]]
+
+
+def test_pipeline_reuses_earlier_turns(tiny_ckpt):
+    import qwenvl
+
+    pipe = qwenvl.load(tiny_ckpt, dtype="float32")
+    img = image(150, 100, 11)
+    turn1 = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "Describe."}]}]
+    plain = pipe.chat(turn1, max_new_tokens=6, temperature=0)
+    pipe.prefix_cache = PrefixCache(kv_mb=16, vision_mb=4, block_size=BLOCK)
+    first = pipe.chat(turn1, max_new_tokens=6, temperature=0)
+    turn2 = turn1 + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "More."}]
+    streamed = "".join(pipe.stream(turn2, max_new_tokens=6, temperature=0))
+    second = pipe.chat(turn2, max_new_tokens=6, temperature=0)
+    assert first.token_ids == plain.token_ids and first.cached_tokens == 0
+    assert second.cached_tokens >= 0.8 * first.prompt_tokens and second.text == streamed
+    pipe.prefix_cache = None
+    assert pipe.chat(turn2, max_new_tokens=6, temperature=0).token_ids == second.token_ids
