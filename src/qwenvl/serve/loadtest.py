@@ -175,7 +175,12 @@ async def bench(args) -> list[dict]:
         if args.ignore_eos:
             body["ignore_eos"] = True
         url = f"{base}/v1/chat/completions"
-        await one_request(client, url, body)   # warm-up (first-call allocations)
+        # warm-up (first-call allocations); text only with --second-turn, so that the first turn it measures
+        # does not find its image in the prefix cache
+        warm = body
+        if args.second_turn:
+            warm = {**body, "messages": [{"role": "user", "content": [{"type": "text", "text": args.prompt}]}]}
+        await one_request(client, url, warm)
         return [await run_level(client, url, body, c, args.requests, args) for c in levels]
 
 
