@@ -324,3 +324,31 @@ def test_pipeline_reuses_earlier_turns(tiny_ckpt):
     assert second.cached_tokens >= 0.8 * first.prompt_tokens and second.text == streamed
     pipe.prefix_cache = None
     assert pipe.chat(turn2, max_new_tokens=6, temperature=0).token_ids == second.token_ids
+
+
+def test_precomputed_features_are_keyed_by_their_content(ours, proc):
+    s = seq_for(proc, ["What is it?"], [image(150, 100, 12)])
+    with torch.inference_mode():
+        feats = ours.visual(s.media["pixel_values"], s.media["image_grid_thw"])
+    by_embeds = media_items({"image_embeds": feats, "image_grid_thw": s.media["image_grid_thw"]}, ours.config)
+    other = media_items({"image_embeds": feats + 1, "image_grid_thw": s.media["image_grid_thw"]}, ours.config)
+    assert by_embeds[0].tokens == feats.shape[0] and by_embeds[0].digest != other[0].digest
+    pc = PrefixCache(kv_mb=16, vision_mb=4, block_size=BLOCK)
+    engine = Engine(ours, max_batch=1, max_len=512, prefix_cache=pc)
+    pre = Sequence(prompt_ids=s.prompt_ids, params=GREEDY,
+                   media={"image_embeds": feats, "image_grid_thw": s.media["image_grid_thw"]})
+    assert serve(engine, [pre])[0] == uncached(ours, s)
+
+
+def test_match_ending_inside_an_image_takes_its_features_from_the_vision_cache(ours, proc):
+    pc = PrefixCache(kv_mb=16, vision_mb=4, block_size=BLOCK)
+    engine = Engine(ours, max_batch=1, max_len=512, prefix_cache=pc)
+    img = image(150, 100, 13)
+    a, b = seq_for(proc, ["What is it?"], [img]), seq_for(proc, ["Which colour is it?"], [img])
+    pads = [i for i, t in enumerate(b.prompt_ids) if t == ours.config.image_token_id]
+    with Calls(ours.visual.patch_embed) as tower:
+        serve(engine, [a])
+        out = serve(engine, [b])[0]
+    assert pads[0] < b.cached_tokens <= pads[-1]   # the shared blocks end inside the image's span
+    assert tower.n == 1 and pc.stats["vision_hits"] == 1
+    assert out == uncached(ours, b)

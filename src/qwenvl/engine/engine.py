@@ -1,6 +1,11 @@
-"""The generation engine: prefill one sequence into a slot of a preallocated KV cache, then decode all
+"""The generation engine: prefill each sequence into a slot of a preallocated KV cache, then decode all
 active slots together, one token per step. Sequences join and leave between steps (continuous
 batching); a batch of prompts is the same thing with every sequence added before the first step.
+
+A prefill is a queue of units run by `step()` next to the decode step (chunked prefill): the media
+encoding, in slices of the vision tower's blocks, then chunks of the prompt. With a prefix cache
+(prefix_cache.py) a prompt starts from the stored keys/values of its longest cached prefix, and n > 1
+completions of one prompt share its prefill (their rows are copies).
 
 The engine knows token ids and media tensors only; text (stop strings, streaming) is the caller's.
 Positions: each sequence carries the MRoPE positions of its prompt and its delta (pure functions of
@@ -122,8 +127,14 @@ class Engine:
         `admit`; their first tokens are in their output_ids)."""
         state = self.admit(seq, siblings)
         self.prefills.remove(state)
-        while not self._advance(state):
-            pass
+        try:
+            while not self._advance(state):
+                pass
+        except Exception:
+            for s in (seq, *siblings):
+                if self.slots[s.slot] is s:
+                    self.slots[s.slot] = None
+            raise
         return seq.output_ids[-1]
 
     @torch.inference_mode()

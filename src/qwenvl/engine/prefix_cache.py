@@ -59,11 +59,13 @@ def media_items(media: dict, config: QwenVLConfig) -> list[MediaItem]:
         grid = media.get(grid_key)
         if grid is None:
             continue
-        pixels = media[pix_key]
+        pixels, per = media.get(pix_key), 1
+        if pixels is None:   # precomputed features instead of pixels: hash those, one row per token
+            pixels, per = media[f"{kind}_embeds"], merge
         spg = media.get("second_per_grid_ts") if kind == "video" else None
         offset = 0
         for i, (t, h, w) in enumerate(grid.tolist()):
-            n = t * h * w
+            n = t * h * w // per
             # sha256: a cache key must resist a crafted collision (one user's image answered with another's);
             # the normalized pixels cover the source and the preprocessing settings at once
             d = hashlib.sha256(f"{kind}:{t}x{h}x{w}:{pixels.dtype}:".encode())
@@ -71,7 +73,7 @@ def media_items(media: dict, config: QwenVLConfig) -> list[MediaItem]:
                 d.update(f"{float(torch.as_tensor(spg).flatten()[i]):.9g}:".encode())
             d.update(_tensor_buffer(pixels[offset:offset + n]))
             offset += n
-            items.append(MediaItem(kind, d.digest(), n // merge, i))
+            items.append(MediaItem(kind, d.digest(), t * h * w // merge, i))
     return items
 
 
