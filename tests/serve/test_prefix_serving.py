@@ -148,3 +148,34 @@ def test_bench_serve_reports_stall_and_second_turn(pipe, tmp_path, capsys):
     row = json.loads((tmp_path / "out.json").read_text())[0]
     assert row["failed"] == 0 and row["stall_max"] > 0
     assert row["turn2_cached_tokens_mean"] >= 64   # the image (64 tokens at 224 px) and the text around it
+
+
+def test_a_failing_prefill_fails_its_request_only(pipe):
+    import threading
+
+    import openai
+
+    def boom(module, args):
+        if args[0].shape[0] == 16 * 12:   # the 14-px patches of a 224x168 image: only this request's tower fails
+            raise RuntimeError("boom")
+
+    with running_server(pipe, max_batch=4, max_model_len=1024, prefill_chunk=16) as (base, _, _):
+        result = {}
+
+        def stream():
+            chunks = client(base).chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "Tell a long story."}], max_tokens=40,
+                temperature=0, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+            result["usage"] = [c.usage for c in chunks][-1]
+
+        hook = pipe.model.visual.patch_embed.register_forward_pre_hook(boom)
+        try:
+            t = threading.Thread(target=stream)
+            t.start()
+            with pytest.raises(openai.InternalServerError, match="prefill failed: boom"):
+                ask(base, image_message(data_uri(png_bytes(224, 168, seed=9))))
+            t.join(60)
+        finally:
+            hook.remove()
+        assert result["usage"].completion_tokens == 40
+        assert ask(base, image_message(data_uri(png_bytes(224, 168, seed=9)))).choices[0].finish_reason
