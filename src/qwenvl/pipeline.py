@@ -37,6 +37,7 @@ class ChatResult:
     finish_reason: str
     media: list = field(default_factory=list)   # MediaInfo per image/video, in prompt order
     timings: dict = field(default_factory=dict)
+    cached_tokens: int = 0                      # prompt tokens taken from the prefix cache (Pipeline.prefix_cache)
 
 
 def resolve_checkpoint(path_or_id: str | Path) -> Path:
@@ -69,6 +70,8 @@ class Pipeline:
         self.path = path
         self.max_batch = max_batch
         self.compile = compile  # torch.compile the engines' decode steps (engine.Engine)
+        # set to an engine.prefix_cache.PrefixCache to reuse prefixes across calls (a chat's earlier turns)
+        self.prefix_cache = None
 
     @property
     def config(self):
@@ -118,7 +121,8 @@ class Pipeline:
 
     def _stream_one(self, messages, params, holder):
         seq, media = self.sequence(messages, params)
-        engine = Engine(self.model, max_batch=1, max_len=self._max_len([seq]), compile=self.compile)
+        engine = Engine(self.model, max_batch=1, max_len=self._max_len([seq]), compile=self.compile,
+                        prefix_cache=self.prefix_cache)
         text = TextTracker(self.processor.tokenizer, params.stop)
         start = time.perf_counter()
         for s, _ in generate(engine, [seq]):
@@ -144,7 +148,7 @@ class Pipeline:
         pairs = [self.sequence(c, params) for c in conversations]
         seqs = [s for s, _ in pairs]
         engine = Engine(self.model, max_batch=min(self.max_batch, len(seqs)), max_len=self._max_len(seqs),
-                        compile=self.compile)
+                        compile=self.compile, prefix_cache=self.prefix_cache)
         trackers = {id(s): TextTracker(self.processor.tokenizer, params.stop) for s in seqs}
         start = time.perf_counter()
         for s, _ in generate(engine, seqs):
@@ -167,7 +171,8 @@ class Pipeline:
         if timings.get("decode_s"):
             timings["decode_tokens_per_s"] = n / timings["decode_s"]
         return ChatResult(text=text.text, token_ids=list(seq.output_ids), prompt_tokens=len(seq.prompt_ids),
-                          finish_reason=seq.finish_reason or "stop", media=list(media), timings=timings)
+                          finish_reason=seq.finish_reason or "stop", media=list(media), timings=timings,
+                          cached_tokens=seq.cached_tokens)
 
 
 class TextTracker:

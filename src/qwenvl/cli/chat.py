@@ -100,6 +100,10 @@ def run(args) -> int:
 
 
 def interactive(pipe, args, messages: list[dict]) -> int:
+    from ..engine.prefix_cache import PrefixCache
+
+    if pipe.prefix_cache is None:   # each turn starts from the keys/values of the conversation so far
+        pipe.prefix_cache = PrefixCache()
     images, videos = list(args.image), list(args.video)
     kwargs = sampling_kwargs(args)
     print("qwenvl chat — /image PATH, /video PATH, /reset, /quit", file=sys.stderr)

@@ -27,6 +27,15 @@ def register(sub) -> None:
                    help="requests waiting or preprocessing before new ones get 429 (default 256)")
     p.add_argument("--request-timeout", type=float, default=600.0,
                    help="seconds a request may take, queueing included; 0 = none (default 600)")
+    p.add_argument("--prefix-cache-mb", type=float, default=1024,
+                   help="memory for keys/values of earlier prompts, reused by requests sharing a prefix (same "
+                        "image, system prompt, earlier turns); LRU (default 1024)")
+    p.add_argument("--vision-cache-mb", type=float, default=256,
+                   help="memory for vision features reused by image content (default 256)")
+    p.add_argument("--no-prefix-cache", action="store_true", help="turn the prefix and vision caches off")
+    p.add_argument("--prefill-chunk", type=int, default=256,
+                   help="prompt tokens prefilled per step between the running batch's decode steps; 0 = whole "
+                        "prompts at once (default 256)")
     p.add_argument("--api-key", default=os.environ.get("QWENVL_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: $QWENVL_API_KEY, else none)")
     p.add_argument("--allowed-local-media-path", metavar="DIR",
@@ -67,6 +76,9 @@ def settings_from_args(args, model_name: str):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if args.max_model_len is not None and args.max_model_len < 2:
         raise ValueError("--max-model-len must be >= 2")
+    for name in ("prefix_cache_mb", "vision_cache_mb", "prefill_chunk"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
     local = args.allowed_local_media_path
     if local is not None and not Path(local).is_dir():
         raise ValueError(f"--allowed-local-media-path {local}: not a directory")
@@ -78,7 +90,8 @@ def settings_from_args(args, model_name: str):
     return ServerSettings(model_name=model_name, max_batch=args.max_batch, max_model_len=args.max_model_len,
                           max_queue=args.max_queue, request_timeout=args.request_timeout or None,
                           api_key=args.api_key or None, max_n=args.max_n, shutdown_timeout=args.shutdown_timeout,
-                          media=policy)
+                          media=policy, prefix_cache_mb=0 if args.no_prefix_cache else args.prefix_cache_mb,
+                          vision_cache_mb=args.vision_cache_mb, prefill_chunk=args.prefill_chunk or None)
 
 
 def run_serve(args) -> int:

@@ -26,6 +26,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.engine import Engine, Sequence
+from ..engine.prefix_cache import PrefixCache, media_items
 from ..pipeline import Pipeline
 from . import protocol
 from .errors import APIError, bad_request
@@ -49,6 +50,9 @@ class ServerSettings:
     preprocess_workers: int = 2
     shutdown_timeout: float = 30.0       # how long shutdown lets in-flight work finish
     media: MediaPolicy = field(default_factory=MediaPolicy)
+    prefix_cache_mb: float = 1024        # KV blocks of earlier prompts (engine/prefix_cache.py); 0 = off
+    vision_cache_mb: float = 256         # vision features by image content (with the prefix cache)
+    prefill_chunk: int | None = 256      # prompt tokens per engine step next to the decoding; None = whole
 
 
 DEFAULT_MAX_MODEL_LEN = 8192
@@ -60,7 +64,11 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
     context = pipe.config.text.max_position_embeddings
     max_len = min(settings.max_model_len or DEFAULT_MAX_MODEL_LEN, context)
     metrics = Metrics(settings.max_batch)
-    engine = Engine(pipe.model, max_batch=settings.max_batch, max_len=max_len, compile=pipe.compile)
+    prefix_cache = (PrefixCache(settings.prefix_cache_mb, settings.vision_cache_mb)
+                    if settings.prefix_cache_mb > 0 else None)
+    metrics.prefix_cache = prefix_cache
+    engine = Engine(pipe.model, max_batch=settings.max_batch, max_len=max_len, compile=pipe.compile,
+                    prefix_cache=prefix_cache, prefill_chunk=settings.prefill_chunk or None)
     scheduler = Scheduler(engine, pipe.processor.tokenizer, metrics, max_queue=settings.max_queue)
     executor = ThreadPoolExecutor(max_workers=settings.preprocess_workers, thread_name_prefix="qwenvl-preprocess")
 
@@ -219,7 +227,7 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
                     metrics.count("requests", "200")
                     choices = [{"index": i, "text": texts[i], "finish_reason": reasons[i]} for i in range(req.n)]
                     return protocol.completion(req, settings.model_name, choices, event[1]["prompt_tokens"],
-                                               event[1]["completion_tokens"])
+                                               event[1]["completion_tokens"], event[1]["cached_tokens"])
                 getter = asyncio.ensure_future(handle.events.get())
         finally:
             getter.cancel()
@@ -247,8 +255,8 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
                 elif kind == "done":
                     if req.include_usage:
                         u = event[1]
-                        yield sse(protocol.chunk(req, name, [], protocol.usage(u["prompt_tokens"],
-                                                                               u["completion_tokens"])))
+                        yield sse(protocol.chunk(req, name, [], protocol.usage(
+                            u["prompt_tokens"], u["completion_tokens"], u["cached_tokens"])))
                     break
                 elif kind == "error":
                     yield sse(event[1].body())
@@ -288,9 +296,12 @@ def prepare(pipe: Pipeline, req: protocol.ChatRequest, settings: ServerSettings,
                           "messages", code="context_length_exceeded")
     room = max_len - n_prompt
     max_new = min(req.max_tokens or room, room)
+    # content hashes for the prefix cache, here in the preprocessing thread rather than the engine's
+    items = media_items(seq.media, pipe.config) if settings.prefix_cache_mb > 0 else None
     seqs = []
     for i in range(req.n):
         seed = None if params.seed is None else params.seed + i   # n samples of one seed must differ
         p = dataclasses.replace(params, max_new_tokens=max_new, seed=seed)
-        seqs.append(Sequence(prompt_ids=list(seq.prompt_ids), params=p, media=seq.media, eos_ids=seq.eos_ids))
+        seqs.append(Sequence(prompt_ids=list(seq.prompt_ids), params=p, media=seq.media, eos_ids=seq.eos_ids,
+                             media_items=items))
     return seqs

@@ -2,7 +2,11 @@
 
 For each concurrency level C, C workers send requests back to back until N have completed. Every
 request streams (with usage) so the time to the first token is measured as the client sees it.
-Reports requests/s, output tokens/s, and latency / TTFT percentiles per level.
+Reports requests/s, output tokens/s, latency / TTFT percentiles and the worst decode stall (the longest
+wait between two tokens of one stream: what another request's prefill costs the running ones) per level.
+`--unique-images` gives every request its own image (no prefix-cache hits: every arrival pays the vision
+tower and prefill); `--second-turn` follows each request with a second question about the same image and
+reports that turn's TTFT and cached prompt tokens next to the first's.
 
     qwenvl bench-serve --url http://127.0.0.1:8000 --concurrency 1,4,16 --requests 32 --max-tokens 32
 """
@@ -30,6 +34,10 @@ def add_arguments(p) -> None:
     p.add_argument("--image-size", type=int, default=0,
                    help="attach a random WxW image of this size as a data URI (default: text only)")
     p.add_argument("--image", help="attach this image file as a data URI")
+    p.add_argument("--unique-images", action="store_true",
+                   help="a different random image per request (with --image-size), so no prefix-cache hits")
+    p.add_argument("--second-turn", action="store_true",
+                   help="follow each request with a second turn on the same conversation; report its TTFT")
     p.add_argument("--timeout", type=float, default=600.0, help="per request, seconds")
     p.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
 
@@ -43,7 +51,7 @@ def percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-def image_data_uri(args) -> str | None:
+def image_data_uri(args, seed: int = 0) -> str | None:
     if args.image:
         with open(args.image, "rb") as f:
             data = f.read()
@@ -53,7 +61,7 @@ def image_data_uri(args) -> str | None:
         import numpy as np
         from PIL import Image
 
-        pixels = np.random.default_rng(0).integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8)
+        pixels = np.random.default_rng(seed).integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8)
         buf = io.BytesIO()
         Image.fromarray(pixels).save(buf, format="PNG")
         return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"
@@ -62,8 +70,10 @@ def image_data_uri(args) -> str | None:
 
 async def one_request(client, url: str, body: dict) -> dict:
     start = time.perf_counter()
-    first = None
-    tokens = 0
+    first = last = None
+    stall = 0.0
+    tokens = cached = 0
+    text = []
     async with client.stream("POST", url, json=body) as r:
         if r.status_code != 200:
             await r.aread()
@@ -77,21 +87,47 @@ async def one_request(client, url: str, body: dict) -> dict:
             obj = json.loads(data)
             if "error" in obj:
                 return {"ok": False, "status": 200, "error": obj["error"].get("message")}
-            if first is None and any(c.get("delta", {}).get("content") for c in obj.get("choices", [])):
-                first = time.perf_counter()
+            piece = "".join(c.get("delta", {}).get("content") or "" for c in obj.get("choices", []))
+            if piece:
+                now = time.perf_counter()
+                if first is None:
+                    first = now
+                else:
+                    stall = max(stall, now - last)
+                last = now
+                text.append(piece)
             if obj.get("usage"):
                 tokens = obj["usage"]["completion_tokens"]
+                cached = (obj["usage"].get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     end = time.perf_counter()
-    return {"ok": True, "latency": end - start, "ttft": (first or end) - start, "tokens": tokens}
+    return {"ok": True, "latency": end - start, "ttft": (first or end) - start, "tokens": tokens, "stall": stall,
+            "cached": cached, "text": "".join(text)}
 
 
-async def run_level(client, url: str, body: dict, concurrency: int, total: int) -> dict:
+def with_image(body: dict, uri: str | None) -> dict:
+    if uri is None:
+        return body
+    msg = body["messages"][0]
+    content = [{"type": "image_url", "image_url": {"url": uri}}] + msg["content"][1:]
+    return {**body, "messages": [{**msg, "content": content}]}
+
+
+async def run_level(client, url: str, body: dict, concurrency: int, total: int, args=None) -> dict:
     results: list[dict] = []
+    second: list[dict] = []
     counter = iter(range(total))
 
     async def worker():
-        for _ in counter:
-            results.append(await one_request(client, url, body))
+        for i in counter:
+            b = body
+            if args is not None and args.unique_images and (args.image_size or args.image):
+                b = with_image(body, image_data_uri(args, seed=1000 * concurrency + i + 1))
+            r = await one_request(client, url, b)
+            results.append(r)
+            if args is not None and args.second_turn and r["ok"]:
+                follow = b["messages"] + [{"role": "assistant", "content": r["text"]},
+                                          {"role": "user", "content": "Say more about it."}]
+                second.append(await one_request(client, url, {**b, "messages": follow}))
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -100,11 +136,21 @@ async def run_level(client, url: str, body: dict, concurrency: int, total: int) 
     lat = [r["latency"] for r in ok]
     ttft = [r["ttft"] for r in ok]
     tokens = sum(r["tokens"] for r in ok)
-    return {"concurrency": concurrency, "requests": total, "failed": len(results) - len(ok), "wall_s": wall,
-            "req_per_s": len(ok) / wall, "out_tok_per_s": tokens / wall, "tokens": tokens,
-            "latency_p50": percentile(lat, 50), "latency_p90": percentile(lat, 90), "latency_p99": percentile(lat, 99),
-            "ttft_p50": percentile(ttft, 50), "ttft_p99": percentile(ttft, 99),
-            "errors": sorted({str(r.get("error")) for r in results if not r["ok"]})[:3]}
+    both = ok + [r for r in second if r["ok"]]
+    row = {"concurrency": concurrency, "requests": total, "failed": len(results) - len(ok), "wall_s": wall,
+           "req_per_s": len(ok) / wall, "out_tok_per_s": tokens / wall, "tokens": tokens,
+           "latency_p50": percentile(lat, 50), "latency_p90": percentile(lat, 90), "latency_p99": percentile(lat, 99),
+           "ttft_p50": percentile(ttft, 50), "ttft_p99": percentile(ttft, 99),
+           "stall_max": max((r["stall"] for r in both), default=float("nan")),
+           "stall_p99": percentile([r["stall"] for r in both], 99),
+           "errors": sorted({str(r.get("error")) for r in results + second if not r["ok"]})[:3]}
+    if second:
+        ok2 = [r for r in second if r["ok"]]
+        row["failed"] += len(second) - len(ok2)
+        row.update(turn2_ttft_p50=percentile([r["ttft"] for r in ok2], 50),
+                   turn2_ttft_p99=percentile([r["ttft"] for r in ok2], 99),
+                   turn2_cached_tokens_mean=sum(r["cached"] for r in ok2) / max(len(ok2), 1))
+    return row
 
 
 async def bench(args) -> list[dict]:
@@ -129,18 +175,29 @@ async def bench(args) -> list[dict]:
         if args.ignore_eos:
             body["ignore_eos"] = True
         url = f"{base}/v1/chat/completions"
-        await one_request(client, url, body)   # warm-up (first-call allocations)
-        return [await run_level(client, url, body, c, args.requests) for c in levels]
+        # warm-up (first-call allocations); text only with --second-turn, so that the first turn it measures
+        # does not find its image in the prefix cache
+        warm = body
+        if args.second_turn:
+            warm = {**body, "messages": [{"role": "user", "content": [{"type": "text", "text": args.prompt}]}]}
+        await one_request(client, url, warm)
+        return [await run_level(client, url, body, c, args.requests, args) for c in levels]
 
 
 def format_table(rows: list[dict]) -> str:
+    turn2 = any("turn2_ttft_p50" in r for r in rows)
     head = ("| concurrency | requests | failed | req/s | output tok/s | latency p50 / p90 / p99 (s) "
-            "| TTFT p50 / p99 (s) |\n|---|---|---|---|---|---|---|")
+            "| TTFT p50 / p99 (s) | worst stall (s) |" + (" turn-2 TTFT p50 / p99 (s) | turn-2 cached |" if turn2 else "")
+            + "\n|---|---|---|---|---|---|---|---|" + ("---|---|" if turn2 else ""))
     lines = [head]
     for r in rows:
-        lines.append(f"| {r['concurrency']} | {r['requests']} | {r['failed']} | {r['req_per_s']:.2f} | "
-                     f"{r['out_tok_per_s']:.1f} | {r['latency_p50']:.3f} / {r['latency_p90']:.3f} / "
-                     f"{r['latency_p99']:.3f} | {r['ttft_p50']:.3f} / {r['ttft_p99']:.3f} |")
+        line = (f"| {r['concurrency']} | {r['requests']} | {r['failed']} | {r['req_per_s']:.2f} | "
+                f"{r['out_tok_per_s']:.1f} | {r['latency_p50']:.3f} / {r['latency_p90']:.3f} / "
+                f"{r['latency_p99']:.3f} | {r['ttft_p50']:.3f} / {r['ttft_p99']:.3f} | {r['stall_max']:.3f} |")
+        if turn2:
+            line += (f" {r.get('turn2_ttft_p50', float('nan')):.3f} / {r.get('turn2_ttft_p99', float('nan')):.3f} | "
+                     f"{r.get('turn2_cached_tokens_mean', 0):.0f} |")
+        lines.append(line)
     return "\n".join(lines)
 
 

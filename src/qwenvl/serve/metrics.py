@@ -33,6 +33,8 @@ class Metrics:
         self.requests: dict[str, int] = {}          # HTTP status -> count (chat completions)
         self.finished: dict[str, int] = {}          # finish reason -> count of choices
         self.prompt_tokens = 0
+        self.cached_prompt_tokens = 0               # of those, taken from the prefix cache
+        self.prefix_cache = None                    # the engine's PrefixCache, if any: its stats are rendered
         self.generation_tokens = 0
         self.decode_steps = 0
         self.waiting = 0                            # queued for a slot
@@ -72,7 +74,8 @@ class Metrics:
         with self.lock:
             return {"waiting": self.waiting, "running": self.running, "preprocessing": self.preprocessing,
                     "max_running": self.max_running, "slots": self.max_batch,
-                    "prompt_tokens": self.prompt_tokens, "generation_tokens": self.generation_tokens}
+                    "prompt_tokens": self.prompt_tokens, "cached_prompt_tokens": self.cached_prompt_tokens,
+                    "generation_tokens": self.generation_tokens}
 
     def render(self) -> str:
         p = self.PREFIX
@@ -100,7 +103,9 @@ class Metrics:
             for reason, n in sorted(self.finished.items()):
                 lines.append(f'{p}_finished_total{{reason="{reason}"}} {n}')
             for name, value, help_ in (
-                ("prompt_tokens_total", self.prompt_tokens, "Prompt tokens prefilled."),
+                ("prompt_tokens_total", self.prompt_tokens, "Prompt tokens of admitted requests."),
+                ("prompt_tokens_cached_total", self.cached_prompt_tokens,
+                 "Prompt tokens whose keys/values came from the prefix cache."),
                 ("generation_tokens_total", self.generation_tokens, "Tokens generated."),
                 ("decode_steps_total", self.decode_steps, "Batched decode steps."),
             ):
@@ -115,6 +120,24 @@ class Metrics:
             ):
                 head(name, "gauge", help_)
                 lines.append(f"{p}_{name} {value}")
+            if self.prefix_cache is not None:
+                pc = self.prefix_cache.snapshot()
+                for name, kind, value, help_ in (
+                    ("prefix_cache_queried_tokens_total", "counter", pc["queried_tokens"],
+                     "Prompt tokens looked up in the prefix cache (each prompt but its last token)."),
+                    ("prefix_cache_hit_tokens_total", "counter", pc["cached_tokens"],
+                     "Prompt tokens found in the prefix cache (all sequences, n > 1 siblings included)."),
+                    ("prefix_cache_evictions_total", "counter", pc["kv_evictions"], "KV blocks evicted (LRU)."),
+                    ("prefix_cache_bytes", "gauge", pc["kv_bytes"], "Bytes of stored KV blocks."),
+                    ("prefix_cache_blocks", "gauge", pc["kv_blocks"], "Stored KV blocks."),
+                    ("vision_cache_hits_total", "counter", pc["vision_hits"],
+                     "Images/videos whose features came from the vision cache."),
+                    ("vision_cache_misses_total", "counter", pc["vision_misses"],
+                     "Images/videos encoded by the vision tower (cache on)."),
+                    ("vision_cache_bytes", "gauge", pc["vision_bytes"], "Bytes of stored vision features."),
+                ):
+                    head(name, kind, help_)
+                    lines.append(f"{p}_{name} {value}")
             hist("batch_size", self.batch_size, "Sequences per decode step.")
             hist("time_to_first_token_seconds", self.ttft, "From request arrival to the first token.")
             hist("request_latency_seconds", self.latency, "From request arrival to the last token.")

@@ -204,16 +204,19 @@ def _parse_part(part, where: str, role: str, media: list[MediaRef]) -> dict:
 
 # ---------------------------------------------------------------------- responses
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """OpenAI's usage object; cached_tokens: prompt tokens served from the prefix cache."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
-def completion(req: ChatRequest, model: str, choices: list[dict], prompt_tokens: int, completion_tokens: int) -> dict:
+def completion(req: ChatRequest, model: str, choices: list[dict], prompt_tokens: int, completion_tokens: int,
+               cached_tokens: int = 0) -> dict:
     return {"id": req.request_id, "object": "chat.completion", "created": req.created, "model": model,
             "choices": [{"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
                          "logprobs": None, "finish_reason": c["finish_reason"]} for c in choices],
-            "usage": usage(prompt_tokens, completion_tokens)}
+            "usage": usage(prompt_tokens, completion_tokens, cached_tokens)}
 
 
 def chunk(req: ChatRequest, model: str, choices: list[dict], usage_: dict | None = None) -> dict:

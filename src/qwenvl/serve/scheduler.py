@@ -1,7 +1,8 @@
 """Continuous batching for the server: one Engine, one worker thread, asyncio on the other side.
 
-The worker loops: admit waiting sequences into free slots (prefill), run one decode step for all
-running ones, hand out the new text, free the slots of finished, cancelled and timed-out sequences.
+The worker loops: admit waiting sequences into free slots, run one engine step (a decode step for all
+running sequences and one unit of a queued prefill: its media encoding or one chunk of its prompt), hand
+out the new text, free the slots of finished, cancelled and timed-out sequences.
 torch releases the GIL inside its kernels, so the event loop keeps serving while a step runs.
 
 Each request is a Handle with an asyncio.Queue; the worker puts events on it through
@@ -185,34 +186,49 @@ class Scheduler:
                                             "(--request-timeout)", code="timeout"))
 
     def _admit(self) -> None:
+        """Give waiting sequences slots; their prefills run in the engine's steps (chunked, next to the
+        running batch's decoding). The choices of one request that fit are admitted together: one prefill
+        and one vision pass for all of them (the engine copies the row)."""
         while self.engine.has_free_slot():
             with self.cond:
                 if not self.waiting:
                     return
                 job = self.waiting.popleft()
-            h = job.handle
+                h = job.handle
+                room = self.engine.free_slots() - 1
+                siblings = [j for j in self.waiting if j.handle is h][:room]
+                for j in siblings:
+                    self.waiting.remove(j)
             if h.cancelled or h.failed:
                 continue
             self.metrics.observe("queue_time", time.perf_counter() - h.submitted)
+            group = [job, *siblings]
             try:
-                token = self.engine.add(job.seq)
+                self.engine.admit(job.seq, [j.seq for j in siblings])
             except Exception as e:
-                log.exception("prefill failed")
-                self.engine.release(job.seq)
+                log.exception("admission failed")
                 self._fail(h, APIError(500 if not isinstance(e, ValueError) else 400, f"prefill failed: {e}",
                                        code="prefill_failed"))
                 continue
-            self.running[id(job.seq)] = job
+            for j in group:
+                self.running[id(j.seq)] = j
             if job.index == 0:
                 self.metrics.add("prompt_tokens", len(job.seq.prompt_ids))
-            self._on_token(job, token)
+                self.metrics.add("cached_prompt_tokens", job.seq.cached_tokens)
 
     def _decode(self) -> None:
         if not self.running:
             return
         pairs = self.engine.step()
-        if pairs:
-            self.metrics.step(len(pairs))
+        if self.engine.last_batch:
+            self.metrics.step(self.engine.last_batch)
+        failed, self.engine.failed = self.engine.failed, []
+        for seq, err in failed:
+            job = self.running.get(id(seq))
+            if job is not None:
+                log.error("prefill failed: %s", err)
+                self._fail(job.handle, APIError(400 if isinstance(err, ValueError) else 500,
+                                                f"prefill failed: {err}", code="prefill_failed"))
         for seq, token in pairs:
             job = self.running.get(id(seq))
             if job is not None:
@@ -250,7 +266,8 @@ class Scheduler:
         h.open_jobs -= 1
         if h.open_jobs == 0:
             self.metrics.observe("latency", time.perf_counter() - h.arrival)
-            h.emit("done", {"prompt_tokens": h.prompt_tokens, "completion_tokens": h.completion_tokens})
+            h.emit("done", {"prompt_tokens": h.prompt_tokens, "completion_tokens": h.completion_tokens,
+                            "cached_tokens": h.jobs[0].seq.cached_tokens})
 
     def _fail(self, h: Handle, err: APIError) -> None:
         """End a request with an error: free all its slots, drop its queued choices, tell the client once."""
