@@ -191,12 +191,15 @@ class ToolStreamParser:
                 self.index += 1
                 continue
             j = self.buffer.find(CLOSE)
-            if j == -1:
-                self.call_text += self.buffer
-                self.buffer = ""
+            if j == -1:   # keep a possible start of </tool_call> back until it is decided
+                keep = 0 if final else max((k for k in range(1, len(CLOSE)) if self.buffer.endswith(CLOSE[:k])),
+                                           default=0)
+                self.call_text += self.buffer[:len(self.buffer) - keep]
+                self.buffer = self.buffer[len(self.buffer) - keep:]
                 out += self._progress(closed=False)
-                if final:
+                if final:   # the answer ended inside a call (max_tokens): send what there is
                     out += self._progress(closed=True)
+                    self.in_call = False
                 break
             self.call_text += self.buffer[:j]
             self.buffer = self.buffer[j + len(CLOSE):]
