@@ -58,7 +58,7 @@ class Constraint:
             raise GrammarError(f"grammar state error: {self.matcher.get_error()}")
         # bit i of word w is token 32*w + i; x86 stores the words little-endian
         bits = np.unpackbits(self.words.view(np.uint8), bitorder="little")[: self.vocab_size]
-        return torch.from_numpy(bits.astype(bool))
+        return torch.from_numpy(bits.view(np.bool_))   # 0/1 bytes: a bool view, no copy
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         allowed = self.allowed().to(logits.device)
