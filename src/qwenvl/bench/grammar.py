@@ -40,32 +40,22 @@ def train_tokenizer(vocab: int):
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(text * 4, trainers.BpeTrainer(vocab_size=vocab, show_progress=False,
                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.add_special_tokens([AddedToken(t, special=t not in NOT_SPECIAL, normalized=False) for t in SPECIAL_TOKENS])
+    for t in SPECIAL_TOKENS:   # one by one, as tiny.build_tokenizer does: <tool_call> & co. are not special
+        (tok.add_tokens if t in NOT_SPECIAL else tok.add_special_tokens)([AddedToken(t, special=t not in NOT_SPECIAL,
+                                                                                     normalized=False)])
     return tok
 
 
 def token_bytes(tok) -> list[bytes]:
-    from tokenizers import decoders
-    byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
+    """Each token's bytes (outlines-core's vocabulary is keyed by them)."""
+    from ..serve.fields import _bytes_to_unicode
+    byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+    added = set(tok.get_added_tokens_decoder())
     out = []
     for i in range(tok.get_vocab_size()):
         s = tok.id_to_token(i)
-        out.append(bytes(byte_decoder[c] for c in s) if all(c in byte_decoder for c in s) else s.encode())
-    del decoders
+        out.append(s.encode() if i in added or not all(c in byte_of for c in s) else bytes(byte_of[c] for c in s))
     return out
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    # GPT-2's reversible byte <-> printable-character table used by byte-level BPE vocabularies
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def bench_llguidance(tok, ids, eos):
