@@ -232,3 +232,19 @@ def test_bad_tool_requests(server, body, param):
                    timeout=60)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+
+
+def test_tool_results_may_carry_a_screenshot(server):
+    from serve_util import data_uri, png_bytes
+    msgs = [{"role": "user", "content": "Open the settings."},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "click", "arguments": '{"coordinate": [5, 9]}'}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": [
+                {"type": "text", "text": "clicked; the screen now:"},
+                {"type": "image_url", "image_url": {"url": data_uri(png_bytes(56, 56))}}]}]
+    r = client(server).chat.completions.create(model="m", messages=msgs, tools=TOOLS, max_tokens=2, temperature=0)
+    assert r.usage.prompt_tokens > 4 + len(msgs)   # the image's tokens are in the prompt
+    rendered = render(CHAT_TEMPLATE, normalize_messages([msgs[0], msgs[1], {**msgs[2], "content": [
+        {"type": "text", "text": "clicked; the screen now:"}, {"type": "image", "image": "x.png"}]}]), tools=TOOLS)
+    assert rendered.endswith("<|im_start|>user\n<tool_response>\nclicked; the screen now:<|vision_start|><|image_pad|>"
+                             "<|vision_end|>\n</tool_response><|im_end|>\n<|im_start|>assistant\n")

@@ -177,8 +177,8 @@ def _parse_part(part, where: str, role: str, media: list[MediaRef]) -> dict:
             raise bad_request(f"{where}.text must be a string", f"{where}.text")
         return {"type": "text", "text": text}
     if kind in IMAGE_TYPES or kind in VIDEO_TYPES:
-        if role != "user":
-            raise bad_request(f"{where}: images and videos are only accepted in user messages", where)
+        if role not in ("user", "tool"):   # a tool result (a screenshot) is rendered in a user turn
+            raise bad_request(f"{where}: images and videos are only accepted in user and tool messages", where)
         media_kind = "image" if kind in IMAGE_TYPES else "video"
         if kind.endswith("_url"):
             value, param = part.get(kind), f"{where}.{kind}"
