@@ -248,3 +248,23 @@ def test_tool_results_may_carry_a_screenshot(server):
         {"type": "text", "text": "clicked; the screen now:"}, {"type": "image", "image": "x.png"}]}]), tools=TOOLS)
     assert rendered.endswith("<|im_start|>user\n<tool_response>\nclicked; the screen now:<|vision_start|><|image_pad|>"
                              "<|vision_end|>\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_parallel_tool_calls_false_keeps_one_call(pipe):
+    """A model writing two calls (forced through logit_bias-free guided_grammar) answers one when
+    parallel_tool_calls is false, streamed or not."""
+    pytest.importorskip("llguidance")
+    tok = pipe.processor.tokenizer
+    a, b = tok.token_to_id("<tool_call>"), tok.token_to_id("</tool_call>")
+    call = '"{\\"name\\": \\"click\\", \\"arguments\\": {\\"coordinate\\": [1, 2]}}"'
+    two = f'start: <[{a}]> "\\n" {call} "\\n" <[{b}]> "\\n" <[{a}]> "\\n" {call} "\\n" <[{b}]>'
+    with running_server(pipe, max_batch=1, max_model_len=1024) as (base, _, _):
+        kw = dict(model="m", messages=ASK, tools=TOOLS, max_tokens=80, temperature=0,
+                  extra_body={"guided_grammar": two})
+        c = client(base)
+        assert len(c.chat.completions.create(**kw).choices[0].message.tool_calls) == 2
+        r = c.chat.completions.create(parallel_tool_calls=False, **kw).choices[0]
+        assert len(r.message.tool_calls) == 1 and r.finish_reason == "tool_calls"
+        indices = {t.index for ch in c.chat.completions.create(parallel_tool_calls=False, stream=True, **kw)
+                   if ch.choices for t in ch.choices[0].delta.tool_calls or []}
+        assert indices == {0}

@@ -283,6 +283,12 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
         def sse(obj) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
+        def one_call(deltas: list[dict]) -> list[dict]:
+            """parallel_tool_calls: false -> only the first call goes out (as in the non-streamed answer)."""
+            if req.tools is None or req.tools.parallel:
+                return deltas
+            return [d for d in deltas if not ("tool_calls" in d and d["tool_calls"][0]["index"] > 0)]
+
         def chat_chunks(i: int, deltas: list[dict], reason: str | None = None):
             for k, delta in enumerate(deltas):
                 lp = None
@@ -327,6 +333,7 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
                         yield text_chunk(i, text)
                         continue
                     deltas = parsers[i].feed(text) if parsers[i] is not None else ([{"content": text}] if text else [])
+                    deltas = one_call(deltas)
                     for out in chat_chunks(i, deltas):
                         yield out
                 elif kind == "finish":
@@ -334,7 +341,7 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
                     if not chat:
                         yield text_chunk(i, "", reason)
                         continue
-                    deltas = parsers[i].feed("", final=True) if parsers[i] is not None else []
+                    deltas = one_call(parsers[i].feed("", final=True)) if parsers[i] is not None else []
                     if parsers[i] is not None and parsers[i].calls and reason == "stop":
                         reason = "tool_calls"
                     for out in chat_chunks(i, deltas + [{}], reason):

@@ -224,6 +224,8 @@ def completion(req: ChatRequest, model: str, choices: list[dict], prompt_tokens:
         reason = c["finish_reason"]
         if req.tools is not None:
             content, calls = tooling.split_tool_calls(c["text"])
+            if not req.tools.parallel:   # parallel_tool_calls: false -> at most one call, as OpenAI answers
+                calls = calls[:1]
             if calls:
                 message = {"role": "assistant", "content": content, "tool_calls": calls}
                 reason = "tool_calls" if reason == "stop" else reason
