@@ -100,6 +100,10 @@ def test_logit_bias_steers_greedy_choice(server, pipe):
     ({"audio": {"voice": "alloy"}}, "audio"),
     ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
     ({"functions": [{"name": "f"}]}, "functions"),
+    ({"store": True}, "store"),
+    ({"min_p": 0.1}, "min_p"),
+    ({"use_beam_search": True}, "use_beam_search"),
+    ({"min_tokens": 3}, "min_tokens"),
 ])
 def test_refused_fields_name_themselves(server, body, param):
     r = httpx.post(f"{server}/v1/chat/completions", json={"model": "m", "messages": TEXT, "max_tokens": 2, **body},
@@ -112,7 +116,8 @@ def test_refused_fields_name_themselves(server, body, param):
 def test_harmless_fields_are_accepted(server):
     r = httpx.post(f"{server}/v1/chat/completions", timeout=60, json={
         "model": "m", "messages": TEXT, "max_tokens": 2, "user": "u1", "metadata": {"k": "v"}, "store": False,
-        "stream_options": None, "temperature": 2, "parallel_tool_calls": True, "logit_bias": {}})
+        "stream_options": None, "temperature": 2, "parallel_tool_calls": True, "logit_bias": {}, "min_p": 0,
+        "best_of": 1, "use_beam_search": False})
     assert r.status_code == 200, r.text
 
 

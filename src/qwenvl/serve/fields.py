@@ -14,7 +14,11 @@ from .errors import bad_request
 # OpenAI fields with no implementation here; harmless ones (user, metadata, store=false, stream_options,
 # parallel_tool_calls, prompt_cache_key, safety_identifier) are accepted and ignored.
 UNSUPPORTED = ("reasoning_effort", "service_tier", "modalities", "audio", "prediction", "web_search_options",
-               "verbosity", "suffix", "best_of", "background", "include_reasoning", "reasoning")
+               "verbosity", "suffix", "background", "include_reasoning", "reasoning")
+# Sampling extensions of vLLM / SGLang not implemented here: refused unless given their no-op value.
+NOOP_DEFAULTS = {"best_of": (1,), "min_p": (0, 0.0), "min_tokens": (0,), "use_beam_search": (False,),
+                 "bad_words": ([],), "allowed_token_ids": ([],), "prompt_logprobs": (), "store": (False,),
+                 "include_stop_str_in_output": (False,), "length_penalty": (1, 1.0)}
 GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
 MAX_TOP_LOGPROBS = 20
 
@@ -22,12 +26,12 @@ MAX_TOP_LOGPROBS = 20
 def check_unsupported(body: dict) -> None:
     for name in UNSUPPORTED:
         if body.get(name) is not None:
-            if name == "best_of" and body[name] in (1, None):
-                continue
             raise bad_request(f"'{name}' is not supported by this server", name, code="unsupported_parameter")
-    if body.get("store"):
-        raise bad_request("'store' is not supported by this server (completions are not stored)", "store",
-                          code="unsupported_parameter")
+    for name, noop in NOOP_DEFAULTS.items():
+        value = body.get(name)
+        if value is not None and not any(value == v and type(value) is type(v) for v in noop):
+            raise bad_request(f"'{name}' = {value!r} is not supported by this server", name,
+                              code="unsupported_parameter")
 
 
 def parse_logit_bias(body: dict) -> tuple[tuple[int, float], ...]:
