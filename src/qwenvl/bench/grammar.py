@@ -122,6 +122,25 @@ def bench_outlines(tok, ids, eos):
     return t1 - t0, t2 - t1, per
 
 
+def bench_engine(tok, ids, eos):
+    """What the engine adds per constrained token: llguidance's mask, applied to float32 logits, plus the advance."""
+    from ..engine.grammar import Grammars
+    t0 = time.perf_counter()
+    grammars = Grammars(tok.to_str(), tok.get_vocab_size(), [eos])
+    t1 = time.perf_counter()
+    c = grammars.constraint("json_schema", SCHEMA)
+    t2 = time.perf_counter()
+    logits = torch.randn(tok.get_vocab_size())
+    per = []
+    for t in ids:
+        s = time.perf_counter()
+        masked = c.mask(logits)
+        assert torch.isfinite(masked[t])
+        c.advance(t)
+        per.append(time.perf_counter() - s)
+    return t1 - t0, t2 - t1, per
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vocab", type=int, nargs="+", default=[512, 32000])
@@ -133,7 +152,7 @@ def main(argv=None):
         eos = tok.token_to_id("<|im_end|>")
         print(f"vocabulary {tok.get_vocab_size()} tokens; document {len(ids)} tokens")
         for name, fn in (("llguidance", bench_llguidance), ("xgrammar", bench_xgrammar),
-                         ("outlines-core", bench_outlines)):
+                         ("outlines-core", bench_outlines), ("engine (llg)", bench_engine)):
             try:
                 setup, compile_s, per = fn(tok, ids, eos)
             except ImportError as e:
