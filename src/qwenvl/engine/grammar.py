@@ -124,4 +124,5 @@ class Grammars:
                 self.cache[key] = proto
                 while len(self.cache) > self.cache_size:
                     self.cache.popitem(last=False)
-        return Constraint(proto.deep_copy(), self.vocab_size)
+        with self.lock:   # the prototype is shared by the preprocessing threads
+            return Constraint(proto.deep_copy(), self.vocab_size)
