@@ -7,9 +7,8 @@ import httpx
 import pytest
 import torch
 
+from greedy_util import reference
 from serve_util import client, running_server
-
-from test_logprobs import reference
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import httpx
 import pytest
 import torch
 
+from greedy_util import reference
 from serve_util import client, openai, running_server
 
 TEXT = [{"role": "user", "content": "Describe a red square."}]
@@ -15,17 +16,6 @@ TEXT = [{"role": "user", "content": "Describe a red square."}]
 def server(pipe):
     with running_server(pipe, max_batch=2, max_model_len=1024) as (base, _, _):
         yield base
-
-
-def reference(hf_tiny, prompt_ids: list[int], steps: int):
-    """transformers' greedy tokens after prompt_ids and the log-softmax at each generated position."""
-    model, _ = hf_tiny
-    ids = torch.tensor([prompt_ids])
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, do_sample=False,
-                             output_logits=True, return_dict_in_generate=True, eos_token_id=None)
-    new = out.sequences[0, len(prompt_ids):].tolist()
-    return new, [torch.log_softmax(l[0].float(), -1) for l in out.logits]
 
 
 def test_chat_logprobs_equal_the_reference_log_softmax(server, pipe, hf_tiny):
