@@ -238,7 +238,8 @@ def test_tool_results_may_carry_a_screenshot(server):
     from serve_util import data_uri, png_bytes
     msgs = [{"role": "user", "content": "Open the settings."},
             {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "click", "arguments": '{"coordinate": [5, 9]}'}}]},
+                {"id": "c1", "type": "function",
+                 "function": {"name": "click", "arguments": '{"coordinate": [5, 9]}'}}]},
             {"role": "tool", "tool_call_id": "c1", "content": [
                 {"type": "text", "text": "clicked; the screen now:"},
                 {"type": "image_url", "image_url": {"url": data_uri(png_bytes(56, 56))}}]}]

@@ -34,7 +34,9 @@ def train_tokenizer(vocab: int):
 
     from ..tiny import NOT_SPECIAL, SPECIAL_TOKENS, _CORPUS
     lib = Path(sysconfig.get_paths()["stdlib"])
-    text = [_CORPUS] + [p.read_text(errors="ignore") for p in sorted(lib.glob("*.py"))[:120]] if vocab > 1000 else [_CORPUS]
+    text = [_CORPUS]
+    if vocab > 1000:   # the tiny corpus cannot fill a large vocabulary: add the stdlib's sources
+        text += [p.read_text(errors="ignore") for p in sorted(lib.glob("*.py"))[:120]]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

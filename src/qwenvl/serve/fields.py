@@ -162,7 +162,7 @@ class TokenText:
 
 def _bytes_to_unicode() -> dict[int, str]:
     # GPT-2's reversible table between bytes and the printable characters byte-level BPE vocabularies use
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(256):

@@ -148,8 +148,8 @@ def _parse_messages(messages) -> tuple[list[dict], list[MediaRef]]:
             raise bad_request(f"{where} must be an object", where)
         role = msg.get("role")
         if role not in ROLES:
-            raise bad_request(f"{where}.role: unknown role {role!r}; expected one of system, user, assistant, tool",
-                              f"{where}.role")
+            raise bad_request(f"{where}.role: unknown role {role!r}; expected one of system, user, assistant, "
+                              "tool", f"{where}.role")
         role = "system" if role == "developer" else role
         extra = tooling.parse_tool_messages(msg, where, role)
         content = msg.get("content")

@@ -67,7 +67,8 @@ def parse_tools(body: dict) -> ToolSpec | None:
             raise bad_request(f"{where}.function.name must be 1-64 letters, digits, '_', '-' or '.', got {name!r}",
                               f"{where}.function.name")
         if name in seen:
-            raise bad_request(f"{where}.function.name: the function {name!r} is defined twice", f"{where}.function.name")
+            raise bad_request(f"{where}.function.name: the function {name!r} is defined twice",
+                              f"{where}.function.name")
         seen.add(name)
         if fn.get("description") is not None and not isinstance(fn["description"], str):
             raise bad_request(f"{where}.function.description must be a string", f"{where}.function.description")
