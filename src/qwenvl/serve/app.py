@@ -5,6 +5,9 @@
 A chat request goes: auth -> JSON -> validated ChatRequest -> queue reservation (429 when full) ->
 media loading and the processor in a worker thread (never on the event loop) -> the scheduler ->
 events back to this request's handler, which answers in one JSON body or as server-sent events.
+/v1/completions takes the same path with a raw prompt (serve/completions.py). A request with a grammar
+(response_format, guided_*, a forced tool_choice) gets one engine.grammar.Constraint per choice; tool
+calls are parsed out of the text here (serve/tools.py), streamed as OpenAI's tool-call deltas.
 """
 
 from __future__ import annotations
