@@ -93,8 +93,9 @@ class Pipeline:
             raise TypeError("pass either params= or sampling keyword arguments, not both")
         return params.with_defaults(self.generation_config)
 
-    def sequence(self, conversation: list[dict], params: SamplingParams) -> tuple[Sequence, list]:
-        batch = self.processor(conversation)
+    def sequence(self, conversation: list[dict], params: SamplingParams, **template_kwargs) -> tuple[Sequence, list]:
+        """template_kwargs go to the chat template (e.g. tools=[...])."""
+        batch = self.processor(conversation, **template_kwargs)
         device = self.model.device
         media = {k: batch[k].to(device) for k in MEDIA_KEYS if k in batch}
         ids = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()

@@ -73,7 +73,13 @@ def build_tokenizer(vocab_size: int = 512, extra_text: list[str] | None = None, 
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator((_CORPUS.splitlines() * 4 if corpus else []) + list(extra_text or []), trainer=trainer)
-    tok.add_special_tokens([AddedToken(t, special=t not in NOT_SPECIAL, normalized=False) for t in SPECIAL_TOKENS])
+    # one at a time, in id order: add_special_tokens would mark <tool_call> & co. special too, and decoding
+    # would then drop them (Qwen's tokenizer.json has them "special": false)
+    for t in SPECIAL_TOKENS:
+        if t in NOT_SPECIAL:
+            tok.add_tokens([AddedToken(t, special=False, normalized=False)])
+        else:
+            tok.add_special_tokens([AddedToken(t, special=True, normalized=False)])
     return tok
 
 

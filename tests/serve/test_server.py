@@ -209,14 +209,15 @@ def _bad_cases(allowed, outside):
             {"type": "image_url", "image_url": {"url": data_uri(png_bytes(28, 28))}}] * 17}]}, 400, "messages"),
         "prompt_too_long": ({"messages": [{"role": "user", "content": "the quick brown fox " * 600}]}, 400,
                             "messages"),
-        "logprobs": ({"messages": TEXT, "logprobs": True}, 400, "logprobs"),
+        "unsupported_field": ({"messages": TEXT, "reasoning_effort": "high"}, 400, "reasoning_effort"),
+        "temperature_over_2": ({"messages": TEXT, "temperature": 2.5}, 400, "temperature"),
     }
 
 
 BAD = ["unknown_role", "missing_messages", "bad_base64", "not_an_image", "bomb_header", "over_pixel_limit",
        "path_outside", "dotdot_escape", "relative_escape", "symlink_escape", "file_url_outside", "etc_passwd",
        "missing_file", "remote_disabled", "bad_scheme", "unknown_part", "temperature_type", "max_tokens_zero",
-       "n_too_big", "stop_type", "too_many_images", "prompt_too_long", "logprobs"]
+       "n_too_big", "stop_type", "too_many_images", "prompt_too_long", "unsupported_field", "temperature_over_2"]
 
 
 @pytest.mark.parametrize("case", BAD)

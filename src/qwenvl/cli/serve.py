@@ -11,7 +11,7 @@ from .chat import add_engine_args
 def register(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching",
                        description="Serve one checkpoint over an OpenAI-compatible API (/v1/chat/completions, "
-                                   "/v1/models, /health, /metrics). See docs/serving.md.")
+                                   "/v1/completions, /v1/models, /health, /metrics). See docs/serving.md.")
     p.add_argument("--model", required=True, help="checkpoint directory or hub id")
     p.add_argument("--served-model-name", help="the model id in /v1/models and responses (default: --model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

@@ -25,7 +25,8 @@ from ..model.layers import compute_dtype
 from ..model.rope import decode_positions, mrope_positions
 from .native_decode import NativeDecoder
 from .prefix_cache import PrefixCache, block_keys, media_items
-from .sampling import SamplingParams, make_generator, next_token
+from .logprobs import token_logprob
+from .sampling import SamplingParams, make_generator, process_logits, sample
 
 
 @dataclass
@@ -47,6 +48,8 @@ class Sequence:
     media_items: list | None = None    # content digests of the media (prefix_cache.media_items); None: computed
     prefilling: bool = False           # holds a slot, first token not sampled yet
     block_keys: list = field(default_factory=list)   # prefix-cache keys of the prompt's full blocks
+    constraint: object | None = None   # engine.grammar.Constraint: masks each choice to a grammar
+    logprobs: list = field(default_factory=list)   # TokenLogprob per output token when params.logprobs is set
 
     @property
     def finished(self) -> bool:
@@ -365,10 +368,19 @@ class Engine:
 
     def _pick(self, seq: Sequence, logits: torch.Tensor) -> int:
         seen = torch.tensor(seq.prompt_ids + seq.output_ids, device=logits.device)
-        token = next_token(logits, seq.params, seen, seq.generator)
-        seq.output_ids.append(token)
         p = seq.params
+        logits = process_logits(logits, p, seen)
+        if seq.constraint is not None:
+            logits = seq.constraint.mask(logits)
+        token = sample(logits, p, seq.generator)
+        if p.logprobs is not None:
+            seq.logprobs.append(token_logprob(logits, token, p.logprobs))
+        seq.output_ids.append(token)
+        if seq.constraint is not None:
+            seq.constraint.advance(token)
         if not p.ignore_eos and (token in seq.eos_ids or token in p.stop_token_ids):
+            seq.finish("stop")
+        elif seq.constraint is not None and seq.constraint.done:   # the grammar is complete
             seq.finish("stop")
         elif len(seq.output_ids) >= p.max_new_tokens or len(seq.prompt_ids) + len(seq.output_ids) >= seq.max_total:
             seq.finish("length")

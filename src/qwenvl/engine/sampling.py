@@ -22,6 +22,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()               # stop strings (not included in the output text)
     stop_token_ids: tuple[int, ...] = ()     # in addition to the checkpoint's eos ids
     ignore_eos: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()   # (token id, bias) pairs added to the logits
+    logprobs: int | None = None              # None: none; k >= 0: the chosen token's logprob and the top k
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -38,6 +40,10 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        bias = self.logit_bias.items() if isinstance(self.logit_bias, dict) else self.logit_bias
+        object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in bias))
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError(f"logprobs must be >= 0, got {self.logprobs}")
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "SamplingParams":
@@ -84,17 +90,35 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int | None, top_p: float | N
     return logits
 
 
-def next_token(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor,
-               generator: torch.Generator | None) -> int:
-    """Pick the next token from last-position logits [V]."""
+def apply_logit_bias(logits: torch.Tensor, bias: tuple[tuple[int, float], ...]) -> torch.Tensor:
+    ids = torch.tensor([t for t, _ in bias], device=logits.device)
+    return logits.index_add(0, ids, torch.tensor([b for _, b in bias], dtype=logits.dtype, device=logits.device))
+
+
+def process_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor) -> torch.Tensor:
+    """The logits every token choice starts from: float32, logit_bias, then the repetition penalty (vLLM's
+    order). Logprobs are reported from these, before temperature and top-k/top-p (OpenAI's definition)."""
     logits = logits.float()
+    if params.logit_bias:
+        logits = apply_logit_bias(logits, params.logit_bias)
     if params.repetition_penalty is not None:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    return logits
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """Pick a token from processed logits [V] (greedy, or temperature then top-k/top-p)."""
     if params.greedy:
         return int(logits.argmax())
     logits = filter_top_k_top_p(logits / params.temperature, params.top_k, params.top_p)
     probs = logits.softmax(-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def next_token(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor,
+               generator: torch.Generator | None) -> int:
+    """Pick the next token from last-position logits [V]."""
+    return sample(process_logits(logits, params, seen), params, generator)
 
 
 def make_generator(seed: int | None, device="cpu") -> torch.Generator:
@@ -106,4 +130,5 @@ def make_generator(seed: int | None, device="cpu") -> torch.Generator:
     return g
 
 
-__all__ = ["SamplingParams", "next_token", "make_generator", "apply_repetition_penalty", "filter_top_k_top_p"]
+__all__ = ["SamplingParams", "next_token", "process_logits", "sample", "make_generator", "apply_repetition_penalty",
+           "apply_logit_bias", "filter_top_k_top_p"]

@@ -12,6 +12,7 @@ so the template and process_vision_info-style extraction see only these three fo
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -142,7 +143,12 @@ def render(template: str, messages: list[dict], *, add_generation_prompt: bool =
     """Normalised messages -> prompt text (one `<|image_pad|>` / `<|video_pad|>` per media item)."""
     if continue_final_message and add_generation_prompt:
         raise ValueError("continue_final_message and add_generation_prompt cannot both be set")
-    variables = {**(special_tokens or {}), "tools": None, "documents": None, **kwargs}
+    tools = kwargs.pop("tools", None) or None
+    messages = [_arguments_as_objects(m) for m in messages]
+    if (tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages)) \
+            and not template_handles_tools(template):
+        messages, tools = inline_tools(messages, tools), None
+    variables = {**(special_tokens or {}), "tools": tools, "documents": None, **kwargs}
     text = compile_template(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
                                              add_vision_id=add_vision_id, **variables)
     if continue_final_message:
@@ -153,3 +159,93 @@ def render(template: str, messages: list[dict], *, add_generation_prompt: bool =
         if last.strip() and last.strip() in text:
             text = text[: text.rindex(last.strip()) + len(last.strip())]
     return text
+
+
+# ----------------------------------------------------------------------------------- tools
+# Qwen2.5's chat template (tokenizer_config.json of Qwen2.5-*-Instruct) renders function calling in the
+# hermes style: the tool signatures in the system prompt, calls as <tool_call> JSON blocks in assistant
+# turns, results as <tool_response> blocks in a user turn. Qwen2.5-VL's own template has no tools branch,
+# so for such templates the same text is produced here by rewriting the messages before rendering.
+
+DEFAULT_SYSTEM = "You are a helpful assistant."   # Qwen2.5-VL's template default (Qwen2.5's names "Qwen")
+
+
+def template_handles_tools(template: str) -> bool:
+    """Whether a chat template renders `tools` itself (Qwen2.5's and most tool-aware templates do)."""
+    return re.search(r"\btools\b", template) is not None
+
+
+def tool_system_block(tools: list) -> str:
+    """The text Qwen2.5's template appends to the system prompt when tools are given."""
+    lines = "".join("\n" + _tojson(t) for t in tools)
+    return ("\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+            "You are provided with function signatures within <tools></tools> XML tags:\n<tools>" + lines +
+            "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+            "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+            "<args-json-object>}\n</tool_call>")
+
+
+def format_tool_call(call: dict) -> str:
+    """One call (OpenAI {"function": {"name", "arguments"}} or {"name", "arguments"}) as Qwen writes it."""
+    fn = call.get("function", call)
+    return ('<tool_call>\n{"name": "' + str(fn["name"]) + '", "arguments": ' + _tojson(fn.get("arguments", {})) +
+            "}\n</tool_call>")
+
+
+def _arguments_as_objects(msg: dict) -> dict:
+    """OpenAI sends call arguments as a JSON string; templates write them with tojson, so they must be
+    objects (transformers' convention; vLLM converts them the same way)."""
+    calls = msg.get("tool_calls")
+    if not calls:
+        return msg
+    out = []
+    for call in calls:
+        fn = call.get("function", call)
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except json.JSONDecodeError:
+                pass   # kept as the string the client sent
+        fn = {**fn, "arguments": args}
+        out.append({**call, "function": fn} if "function" in call else fn)
+    return {**msg, "tool_calls": out}
+
+
+def _text_of(content) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(c.get("text", "") for c in content if c.get("type") == "text")
+
+
+def inline_tools(messages: list[dict], tools: list | None) -> list[dict]:
+    """Messages rewritten so that a template without a tools branch renders what Qwen2.5's template does:
+    the tools block appended to the system prompt, assistant calls and tool results as text."""
+    out = []
+    if tools:
+        if messages and messages[0]["role"] == "system":
+            system, messages = _text_of(messages[0]["content"]), messages[1:]
+        else:
+            system = DEFAULT_SYSTEM
+        out.append({"role": "system", "content": system + tool_system_block(tools)})
+    for msg in messages:
+        role = msg["role"]
+        if role == "assistant" and msg.get("tool_calls"):
+            text = _text_of(msg["content"])
+            calls = "\n".join(format_tool_call(c) for c in msg["tool_calls"])
+            out.append({"role": "assistant", "content": (text + "\n" if text else "") + calls})
+        elif role == "tool":
+            # consecutive results share one user turn, each in its own <tool_response> block
+            content = msg["content"]
+            parts = [{"type": "text", "text": "<tool_response>\n"}]
+            parts += [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+            parts.append({"type": "text", "text": "\n</tool_response>"})
+            if out and out[-1].get("_tool_turn"):
+                out[-1]["content"] += [{"type": "text", "text": "\n"}] + parts
+            else:
+                out.append({"role": "user", "content": parts, "_tool_turn": True})
+        else:
+            out.append(msg)
+    for msg in out:
+        msg.pop("_tool_turn", None)
+    return out

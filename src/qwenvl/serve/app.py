@@ -5,6 +5,9 @@
 A chat request goes: auth -> JSON -> validated ChatRequest -> queue reservation (429 when full) ->
 media loading and the processor in a worker thread (never on the event loop) -> the scheduler ->
 events back to this request's handler, which answers in one JSON body or as server-sent events.
+/v1/completions takes the same path with a raw prompt (serve/completions.py). A request with a grammar
+(response_format, guided_*, a forced tool_choice) gets one engine.grammar.Constraint per choice; tool
+calls are parsed out of the text here (serve/tools.py), streamed as OpenAI's tool-call deltas.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,10 +29,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import torch
+
 from ..engine.engine import Engine, Sequence
 from ..engine.prefix_cache import PrefixCache, media_items
+from ..engine.grammar import GrammarError, Grammars
+from ..engine.logprobs import prompt_logprobs
 from ..pipeline import Pipeline
-from . import protocol
+from . import completions, fields, protocol, tools as tooling
 from .errors import APIError, bad_request
 from .media import MediaPolicy, load_conversation, remove_files
 from .metrics import Metrics
@@ -146,12 +154,34 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
             raise APIError(404, f"the model '{model_id}' does not exist", param="model", code="model_not_found")
         return model_card()
 
+    grammar_lock = threading.Lock()
+
+    def grammars() -> Grammars:
+        """Built on the first constrained request (llguidance is an optional dependency)."""
+        with grammar_lock:
+            if app.state.grammars is None:
+                app.state.grammars = Grammars(pipe.processor.tokenizer.backend.to_str(),
+                                              pipe.config.text.vocab_size, pipe.eos_ids)
+            return app.state.grammars
+
+    app.state.grammars = None
+    token_text = fields.TokenText(pipe.processor.tokenizer)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        return await serve(request, True)
+
+    @app.post("/v1/completions")
+    async def text_completions(request: Request):
+        return await serve(request, False)
+
+    async def serve(request: Request, chat: bool):
         arrival = time.perf_counter()
         try:
             check_auth(request)
-            req = await read_request(request)
+            body = await read_body(request)
+            req = (protocol.parse_chat_request(body, max_n=settings.max_n) if chat
+                   else completions.parse_completion_request(body, max_n=settings.max_n))
             scheduler.reserve()
         except APIError as e:
             metrics.count("requests", str(e.status))
@@ -160,7 +190,9 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
                         deadline=arrival + settings.request_timeout if settings.request_timeout else None)
         metrics.add("preprocessing", 1)
         try:
-            seqs = await asyncio.get_running_loop().run_in_executor(executor, prepare, pipe, req, settings, max_len)
+            work = prepare if chat else prepare_completion
+            seqs, info = await asyncio.get_running_loop().run_in_executor(executor, work, pipe, req, settings, max_len,
+                                                                          grammars)
             if handle.deadline is not None and time.perf_counter() > handle.deadline:
                 raise APIError(504, f"the request did not finish within its timeout of {settings.request_timeout:g} s",
                                code="timeout")
@@ -177,12 +209,12 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
             metrics.add("preprocessing", -1)
         if req.stream:
             metrics.count("requests", "200")
-            return StreamingResponse(stream(req, handle), media_type="text/event-stream",
+            return StreamingResponse(stream(req, handle, info, chat), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                                      background=BackgroundTask(scheduler.cancel, handle))
-        return await complete(req, handle, request)
+        return await complete(req, handle, request, info, chat)
 
-    async def read_request(request: Request) -> protocol.ChatRequest:
+    async def read_body(request: Request):
         size = request.headers.get("content-length")
         if size and size.isdigit() and int(size) > settings.max_request_bytes:
             raise APIError(413, f"the request body is over the limit of {settings.max_request_bytes} bytes")
@@ -190,14 +222,18 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
         if len(raw) > settings.max_request_bytes:
             raise APIError(413, f"the request body is over the limit of {settings.max_request_bytes} bytes")
         try:
-            body = json.loads(raw)
+            return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise bad_request(f"malformed JSON in the request body: {e}", code="invalid_json") from None
-        return protocol.parse_chat_request(body, max_n=settings.max_n)
 
-    async def complete(req: protocol.ChatRequest, handle: Handle, request: Request):
-        texts = [""] * req.n
-        reasons = ["stop"] * req.n
+    def prompt_tokens_of(info: dict, done: dict) -> int:
+        return info.get("prompt_tokens", done["prompt_tokens"])
+
+    async def complete(req, handle: Handle, request: Request, info: dict, chat: bool):
+        count = req.n if chat else req.choices
+        texts = [""] * count
+        reasons = ["stop"] * count
+        lps: list[list] = [[] for _ in range(count)]
         getter = asyncio.ensure_future(handle.events.get())
         next_check = time.perf_counter() + DISCONNECT_POLL_S
         try:
@@ -215,6 +251,7 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
                 kind = event[0]
                 if kind == "delta":
                     texts[event[1]] += event[2]
+                    lps[event[1]] += event[3]
                 elif kind == "finish":
                     reasons[event[1]] = event[2]
                 elif kind == "error":
@@ -225,38 +262,107 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
                     return Response(status_code=499)
                 elif kind == "done":
                     metrics.count("requests", "200")
-                    choices = [{"index": i, "text": texts[i], "finish_reason": reasons[i]} for i in range(req.n)]
-                    return protocol.completion(req, settings.model_name, choices, event[1]["prompt_tokens"],
-                                               event[1]["completion_tokens"], event[1]["cached_tokens"])
+                    choices = [{"index": i, "text": texts[i], "finish_reason": reasons[i]} for i in range(count)]
+                    u = event[1]
+                    if chat:
+                        if req.logprobs is not None:
+                            for i, c in enumerate(choices):
+                                c["logprobs"] = {"content": [token_text.entry(e) for e in lps[i]], "refusal": None}
+                        return protocol.completion(req, settings.model_name, choices, u["prompt_tokens"],
+                                                   u["completion_tokens"], u.get("cached_tokens", 0))
+                    for i, c in enumerate(choices):
+                        p = i // req.n
+                        if req.echo:
+                            c["text"] = info["prompt_texts"][p] + c["text"]
+                        if req.logprobs is not None:
+                            entries = (info["prompt_logprobs"][p] if req.echo else []) + [(e, e.token) for e in lps[i]]
+                            c["logprobs"] = completions.legacy_logprobs(entries, token_text)
+                    return completions.response(req, settings.model_name, choices, prompt_tokens_of(info, u),
+                                                u["completion_tokens"])
                 getter = asyncio.ensure_future(handle.events.get())
         finally:
             getter.cancel()
             scheduler.cancel(handle)
 
-    async def stream(req: protocol.ChatRequest, handle: Handle):
+    async def stream(req, handle: Handle, info: dict, chat: bool):
         name = settings.model_name
+        count = req.n if chat else req.choices
+        parsers = [tooling.ToolStreamParser() if chat and req.tools is not None else None for _ in range(count)]
+        pending: list[list] = [[] for _ in range(count)]   # logprobs not yet sent with a chunk
+        offsets = [0] * count
 
         def sse(obj) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
+        def one_call(deltas: list[dict]) -> list[dict]:
+            """parallel_tool_calls: false -> only the first call goes out (as in the non-streamed answer)."""
+            if req.tools is None or req.tools.parallel:
+                return deltas
+            return [d for d in deltas if not ("tool_calls" in d and d["tool_calls"][0]["index"] > 0)]
+
+        def chat_chunks(i: int, deltas: list[dict], reason: str | None = None):
+            for k, delta in enumerate(deltas):
+                lp = None
+                if req.logprobs is not None and k == 0 and pending[i]:
+                    lp = {"content": [token_text.entry(e) for e in pending[i]], "refusal": None}
+                    pending[i] = []
+                last = k == len(deltas) - 1
+                yield sse(protocol.chunk(req, name, [{"index": i, "delta": delta, "logprobs": lp,
+                                                      "finish_reason": reason if last else None}]))
+
+        def text_chunk(i: int, text: str, reason: str | None = None):
+            lp = None
+            if req.logprobs is not None:
+                lp = completions.legacy_logprobs([(e, e.token) for e in pending[i]], token_text, offsets[i])
+                pending[i] = []
+            offsets[i] += len(text)
+            return sse(completions.chunk(req, name, [{"index": i, "text": text, "logprobs": lp,
+                                                       "finish_reason": reason}]))
+
         try:
-            first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                      "finish_reason": None} for i in range(req.n)]
-            yield sse(protocol.chunk(req, name, first))
+            if chat:
+                first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                          "finish_reason": None} for i in range(count)]
+                yield sse(protocol.chunk(req, name, first))
+            elif req.echo:
+                for i in range(count):
+                    p = i // req.n
+                    if req.logprobs is not None:
+                        lp = completions.legacy_logprobs(info["prompt_logprobs"][p], token_text)
+                    else:
+                        lp = None
+                    offsets[i] = len(info["prompt_texts"][p])
+                    yield sse(completions.chunk(req, name, [{"index": i, "text": info["prompt_texts"][p],
+                                                             "logprobs": lp, "finish_reason": None}]))
             while True:
                 event = await handle.events.get()
                 kind = event[0]
                 if kind == "delta":
-                    yield sse(protocol.chunk(req, name, [{"index": event[1], "delta": {"content": event[2]},
-                                                          "logprobs": None, "finish_reason": None}]))
+                    i, text = event[1], event[2]
+                    pending[i] += event[3]
+                    if not chat:
+                        yield text_chunk(i, text)
+                        continue
+                    deltas = parsers[i].feed(text) if parsers[i] is not None else ([{"content": text}] if text else [])
+                    deltas = one_call(deltas)
+                    for out in chat_chunks(i, deltas):
+                        yield out
                 elif kind == "finish":
-                    yield sse(protocol.chunk(req, name, [{"index": event[1], "delta": {}, "logprobs": None,
-                                                          "finish_reason": event[2]}]))
+                    i, reason = event[1], event[2]
+                    if not chat:
+                        yield text_chunk(i, "", reason)
+                        continue
+                    deltas = one_call(parsers[i].feed("", final=True)) if parsers[i] is not None else []
+                    if parsers[i] is not None and parsers[i].calls and reason == "stop":
+                        reason = "tool_calls"
+                    for out in chat_chunks(i, deltas + [{}], reason):
+                        yield out
                 elif kind == "done":
                     if req.include_usage:
                         u = event[1]
-                        yield sse(protocol.chunk(req, name, [], protocol.usage(
-                            u["prompt_tokens"], u["completion_tokens"], u["cached_tokens"])))
+                        make = protocol.chunk if chat else completions.chunk
+                        yield sse(make(req, name, [], protocol.usage(prompt_tokens_of(info, u),
+                                                                     u["completion_tokens"], u.get("cached_tokens", 0))))
                     break
                 elif kind == "error":
                     yield sse(event[1].body())
@@ -272,15 +378,53 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
     return app
 
 
-def prepare(pipe: Pipeline, req: protocol.ChatRequest, settings: ServerSettings, max_len: int) -> list[Sequence]:
-    """Load the media, run the processor and build one Sequence per choice. Runs in a worker thread."""
+def _sampling(pipe: Pipeline, req):
     try:
         params = pipe.sampling_params(max_new_tokens=1, **req.sampling)
     except (TypeError, ValueError) as e:
         raise bad_request(str(e)) from None
-    conversation, temp = load_conversation(req.messages, req.media, settings.media)
+    fields.check_token_ids(params.logit_bias, pipe.config.text.vocab_size, "logit_bias")
+    return params
+
+
+def _constraint_maker(pipe: Pipeline, req, grammars):
+    """A function making each choice's grammar constraint (None when the request has no grammar)."""
+    kind = spec = param = None
+    if req.guided is not None:
+        kind, spec, param = req.guided
+    elif req.tools is not None and req.tools.choice != "auto":
+        tok = pipe.processor.tokenizer
+        kind, spec, param = "lark", tooling.tool_grammar(req.tools, tok.token_to_id(tooling.OPEN),
+                                                         tok.token_to_id(tooling.CLOSE)), "tools"
+    if kind is None:
+        return lambda: None
     try:
-        seq, _ = pipe.sequence(conversation, params)
+        g = grammars()
+        g.constraint(kind, spec)   # compile (and cache) now, so a bad schema is a 400 before queueing
+    except GrammarError as e:
+        raise bad_request(f"'{param}': {e}", param, code="invalid_grammar") from None
+    return lambda: g.constraint(kind, spec)
+
+
+def _choices(seq: Sequence, params, n: int, max_new: int, make_constraint, media_items=None) -> list[Sequence]:
+    out = []
+    for i in range(n):
+        seed = None if params.seed is None else params.seed + i   # n samples of one seed must differ
+        p = dataclasses.replace(params, max_new_tokens=max_new, seed=seed)
+        out.append(Sequence(prompt_ids=list(seq.prompt_ids), params=p, media=seq.media, eos_ids=seq.eos_ids,
+                            constraint=make_constraint(), media_items=media_items))
+    return out
+
+
+def prepare(pipe: Pipeline, req: protocol.ChatRequest, settings: ServerSettings, max_len: int,
+            grammars=None) -> tuple[list[Sequence], dict]:
+    """Load the media, run the processor and build one Sequence per choice. Runs in a worker thread."""
+    params = _sampling(pipe, req)
+    make_constraint = _constraint_maker(pipe, req, grammars)
+    conversation, temp = load_conversation(req.messages, req.media, settings.media)
+    template = {"tools": req.tools.tools} if req.tools is not None else {}
+    try:
+        seq, _ = pipe.sequence(conversation, params, **template)
     except APIError:
         raise
     except (ValueError, TypeError, KeyError, OSError) as e:
@@ -295,13 +439,39 @@ def prepare(pipe: Pipeline, req: protocol.ChatRequest, settings: ServerSettings,
                           "tokens (images and videos included); shorten the messages or use smaller media",
                           "messages", code="context_length_exceeded")
     room = max_len - n_prompt
-    max_new = min(req.max_tokens or room, room)
     # content hashes for the prefix cache, here in the preprocessing thread rather than the engine's
     items = media_items(seq.media, pipe.config) if settings.prefix_cache_mb > 0 else None
-    seqs = []
-    for i in range(req.n):
-        seed = None if params.seed is None else params.seed + i   # n samples of one seed must differ
-        p = dataclasses.replace(params, max_new_tokens=max_new, seed=seed)
-        seqs.append(Sequence(prompt_ids=list(seq.prompt_ids), params=p, media=seq.media, eos_ids=seq.eos_ids,
-                             media_items=items))
-    return seqs
+    return _choices(seq, params, req.n, min(req.max_tokens or room, room), make_constraint, items), {}
+
+
+def prepare_completion(pipe: Pipeline, req: completions.CompletionRequest, settings: ServerSettings, max_len: int,
+                       grammars=None) -> tuple[list[Sequence], dict]:
+    """Tokenize each prompt (or take its ids), and with echo + logprobs score the prompt itself."""
+    params = _sampling(pipe, req)
+    make_constraint = _constraint_maker(pipe, req, grammars)
+    tok = pipe.processor.tokenizer
+    vocab = pipe.config.text.vocab_size
+    seqs, info = [], {"prompt_texts": [], "prompt_logprobs": [], "prompt_tokens": 0}
+    for i, prompt in enumerate(req.prompts):
+        param = "prompt" if len(req.prompts) == 1 else f"prompt[{i}]"
+        ids = tok.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise bad_request(f"'{param}' has token id {bad[0]}, outside the vocabulary of {vocab}", param)
+        if not ids:
+            raise bad_request(f"'{param}' encodes to no tokens", param)
+        if len(ids) >= max_len:
+            raise bad_request(f"this model's maximum context length is {max_len} tokens, but '{param}' has "
+                              f"{len(ids)} tokens", param, code="context_length_exceeded")
+        info["prompt_tokens"] += len(ids)
+        if req.echo:
+            info["prompt_texts"].append(prompt if isinstance(prompt, str) else tok.decode(ids))
+            if req.logprobs is not None:
+                with torch.inference_mode():
+                    logits = pipe.model(torch.tensor([ids], device=pipe.model.device)).logits[0]
+                scored = prompt_logprobs(logits, ids, req.logprobs)
+                info["prompt_logprobs"].append(list(zip(scored, ids)))
+        room = max_len - len(ids)
+        base = Sequence(prompt_ids=ids, params=params, eos_ids=pipe.eos_ids)
+        seqs += _choices(base, params, req.n, min(req.max_tokens, room), make_constraint)
+    return seqs, info

@@ -333,7 +333,7 @@ def load_conversation(messages: list[dict], media: list[MediaRef], policy: Media
                     else:
                         parts.append(part)
                 content = parts
-            out.append({"role": msg["role"], "content": content})
+            out.append({**msg, "content": content})   # keeps tool_calls / tool_call_id
     except BaseException:
         remove_files(temp)
         raise

@@ -10,9 +10,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from . import fields, tools as tooling
 from .errors import bad_request
 
-ROLES = {"system", "user", "assistant", "developer"}  # developer: OpenAI's newer name for system
+ROLES = {"system", "user", "assistant", "developer", "tool"}  # developer: OpenAI's newer name for system
 IMAGE_TYPES = {"image_url", "image"}
 VIDEO_TYPES = {"video_url", "video"}
 # Per-item processor options a client may set (Qwen style); anything else on a media part is ignored.
@@ -40,6 +41,9 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     model: str | None = None
+    tools: tooling.ToolSpec | None = None   # function calling in play (tool_choice other than none)
+    guided: tuple | None = None              # (grammar kind, spec, field) from response_format / guided_*
+    logprobs: int | None = None              # None: no logprobs; k: the chosen token's and the top k
     request_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -99,7 +103,7 @@ def parse_chat_request(body, *, max_n: int = 8) -> ChatRequest:
         raise bad_request("'stop_token_ids' must be a list of integers", "stop_token_ids")
 
     sampling = dict(
-        temperature=_number(body, "temperature", lo=0),
+        temperature=_number(body, "temperature", lo=0, hi=2),
         top_p=_number(body, "top_p", lo=0, hi=1, lo_open=True),
         top_k=None if top_k in (None, -1, 0) else top_k,   # -1 / 0: no top-k (vLLM's convention)
         repetition_penalty=_number(body, "repetition_penalty", lo=0, lo_open=True),
@@ -107,18 +111,19 @@ def parse_chat_request(body, *, max_n: int = 8) -> ChatRequest:
         stop=stop,
         stop_token_ids=tuple(stop_ids),
         ignore_eos=_bool(body, "ignore_eos"),
+        logit_bias=fields.parse_logit_bias(body),
+        logprobs=fields.parse_chat_logprobs(body),
     )
 
     # Fields we do not implement: refuse them rather than silently answer something else.
     for name in ("presence_penalty", "frequency_penalty"):
         if _number(body, name) not in (None, 0):
             raise bad_request(f"'{name}' is not supported by this server", name)
-    if _bool(body, "logprobs") or body.get("top_logprobs"):
-        raise bad_request("'logprobs' is not supported by this server", "logprobs")
-    if body.get("tools") and body.get("tool_choice") != "none":
-        raise bad_request("'tools' (function calling) is not supported by this server", "tools")
-    if body.get("response_format") not in (None, {"type": "text"}):
-        raise bad_request("'response_format' other than text is not supported by this server", "response_format")
+    fields.check_unsupported(body)
+    tool_spec = tooling.parse_tools(body)
+    guided = fields.parse_guided(body)
+    if guided is not None and tool_spec is not None and tool_spec.choice != "auto":
+        raise bad_request(f"'{guided[2].split('.')[0]}' cannot be combined with a forced 'tool_choice'", "tool_choice")
 
     stream = _bool(body, "stream")
     options = body.get("stream_options")
@@ -129,7 +134,8 @@ def parse_chat_request(body, *, max_n: int = 8) -> ChatRequest:
     if model is not None and not isinstance(model, str):
         raise bad_request("'model' must be a string", "model")
     return ChatRequest(messages=messages, media=media, max_tokens=max_tokens, sampling=sampling, n=n,
-                       stream=stream, include_usage=include_usage, model=model)
+                       stream=stream, include_usage=include_usage, model=model, tools=tool_spec, guided=guided,
+                       logprobs=sampling["logprobs"])
 
 
 def _parse_messages(messages) -> tuple[list[dict], list[MediaRef]]:
@@ -142,21 +148,22 @@ def _parse_messages(messages) -> tuple[list[dict], list[MediaRef]]:
             raise bad_request(f"{where} must be an object", where)
         role = msg.get("role")
         if role not in ROLES:
-            raise bad_request(f"{where}.role: unknown role {role!r}; expected one of system, user, assistant",
-                              f"{where}.role")
+            raise bad_request(f"{where}.role: unknown role {role!r}; expected one of system, user, assistant, "
+                              "tool", f"{where}.role")
         role = "system" if role == "developer" else role
+        extra = tooling.parse_tool_messages(msg, where, role)
         content = msg.get("content")
         if content is None and role == "assistant":
             content = ""
         if isinstance(content, str):
-            out.append({"role": role, "content": content})
+            out.append({"role": role, "content": content, **extra})
             continue
         if not isinstance(content, list):
             raise bad_request(f"{where}.content must be a string or a list of content parts", f"{where}.content")
         parts = []
         for j, part in enumerate(content):
             parts.append(_parse_part(part, f"{where}.content[{j}]", role, media))
-        out.append({"role": role, "content": parts})
+        out.append({"role": role, "content": parts, **extra})
     return out, media
 
 
@@ -170,8 +177,8 @@ def _parse_part(part, where: str, role: str, media: list[MediaRef]) -> dict:
             raise bad_request(f"{where}.text must be a string", f"{where}.text")
         return {"type": "text", "text": text}
     if kind in IMAGE_TYPES or kind in VIDEO_TYPES:
-        if role != "user":
-            raise bad_request(f"{where}: images and videos are only accepted in user messages", where)
+        if role not in ("user", "tool"):   # a tool result (a screenshot) is rendered in a user turn
+            raise bad_request(f"{where}: images and videos are only accepted in user and tool messages", where)
         media_kind = "image" if kind in IMAGE_TYPES else "video"
         if kind.endswith("_url"):
             value, param = part.get(kind), f"{where}.{kind}"
@@ -213,10 +220,21 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) ->
 
 def completion(req: ChatRequest, model: str, choices: list[dict], prompt_tokens: int, completion_tokens: int,
                cached_tokens: int = 0) -> dict:
+    """choices: {"index", "text", "finish_reason"} and optionally "logprobs" (the OpenAI object)."""
+    out = []
+    for c in choices:
+        message = {"role": "assistant", "content": c["text"]}
+        reason = c["finish_reason"]
+        if req.tools is not None:
+            content, calls = tooling.split_tool_calls(c["text"])
+            if not req.tools.parallel:   # parallel_tool_calls: false -> at most one call, as OpenAI answers
+                calls = calls[:1]
+            if calls:
+                message = {"role": "assistant", "content": content, "tool_calls": calls}
+                reason = "tool_calls" if reason == "stop" else reason
+        out.append({"index": c["index"], "message": message, "logprobs": c.get("logprobs"), "finish_reason": reason})
     return {"id": req.request_id, "object": "chat.completion", "created": req.created, "model": model,
-            "choices": [{"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
-                         "logprobs": None, "finish_reason": c["finish_reason"]} for c in choices],
-            "usage": usage(prompt_tokens, completion_tokens, cached_tokens)}
+            "choices": out, "usage": usage(prompt_tokens, completion_tokens, cached_tokens)}
 
 
 def chunk(req: ChatRequest, model: str, choices: list[dict], usage_: dict | None = None) -> dict:

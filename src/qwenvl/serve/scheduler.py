@@ -6,7 +6,7 @@ out the new text, free the slots of finished, cancelled and timed-out sequences.
 torch releases the GIL inside its kernels, so the event loop keeps serving while a step runs.
 
 Each request is a Handle with an asyncio.Queue; the worker puts events on it through
-loop.call_soon_threadsafe. Events: ("delta", index, text), ("finish", index, reason),
+loop.call_soon_threadsafe. Events: ("delta", index, text, logprobs), ("finish", index, reason),
 ("done", usage dict), ("error", APIError), ("cancelled",). Only the worker touches the Engine.
 """
 
@@ -35,6 +35,7 @@ class Job:
     index: int
     seq: Sequence
     tracker: TextTracker
+    sent_logprobs: int = 0   # entries of seq.logprobs already handed out
 
 
 @dataclass(eq=False)
@@ -196,7 +197,9 @@ class Scheduler:
                 job = self.waiting.popleft()
                 h = job.handle
                 room = self.engine.free_slots() - 1
-                siblings = [j for j in self.waiting if j.handle is h][:room]
+                # choices of the same prompt (a completions request may hold several prompts)
+                siblings = [j for j in self.waiting if j.handle is h and j.seq.prompt_ids == job.seq.prompt_ids
+                            and j.seq.media is job.seq.media][:room]
                 for j in siblings:
                     self.waiting.remove(j)
             if h.cancelled or h.failed:
@@ -247,10 +250,26 @@ class Scheduler:
             seq.finish("stop")
         if seq.finished:   # held-back text (an incomplete character, a partial stop string) is final now
             delta += job.tracker.finish(seq.output_ids)
-        if delta:
-            h.emit("delta", job.index, delta)
+        logprobs = self._new_logprobs(job)
+        if delta or logprobs:
+            h.emit("delta", job.index, delta, logprobs)
         if seq.finished:
             self._release(job, seq.finish_reason)
+
+    @staticmethod
+    def _new_logprobs(job: Job) -> list:
+        """The TokenLogprob entries produced since the last event; the token that ended the sequence (eos,
+        a stop token id) is not part of the answer and has none, as in OpenAI's answers."""
+        seq = job.seq
+        if seq.params.logprobs is None:
+            return []
+        n = len(seq.logprobs)
+        if seq.finished and n and not seq.params.ignore_eos and \
+                (seq.output_ids[-1] in seq.eos_ids or seq.output_ids[-1] in seq.params.stop_token_ids):
+            n -= 1
+        out = seq.logprobs[job.sent_logprobs:n]
+        job.sent_logprobs = max(job.sent_logprobs, n)
+        return out
 
     def _release(self, job: Job, reason: str) -> None:
         self.running.pop(id(job.seq), None)
