@@ -16,7 +16,7 @@ import random
 from PIL import ImageDraw
 
 from ..tasks.video import temporal_grounding_prompt
-from .common import COLORS, SHAPES, background, draw_shape, far_colour, jitter, place_boxes
+from .common import COLORS, SHAPES, background, draw_shape, far_colour, place_boxes, shade
 from .shapes import _Sketch
 
 EVENTS = ("appear", "move", "colour")
@@ -86,11 +86,11 @@ def generate(rng: random.Random, opts):
                 o["end"] = end[0]
             else:
                 o["event"]["kind"] = "appear"    # no room to move far enough: the shape appears instead
-        o["fill"] = jitter(rng, COLORS[o["name"][0]])
+        o["fill"] = shade(rng, o["name"][0])
         if "c2" in o:
-            o["fill2"] = jitter(rng, COLORS[o["c2"]])
+            o["fill2"] = shade(rng, o["c2"])
         o["shape_seed"] = rng.getrandbits(32)
-    used_colours = [COLORS[o["name"][0]] for o in objs] + [COLORS[o["c2"]] for o in objs if "c2" in o]
+    used_colours = [o["fill"] for o in objs] + [o["fill2"] for o in objs if "fill2" in o]
     base = far_colour(rng, used_colours)
     frames = None
     if opts.draw:
