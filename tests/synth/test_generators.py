@@ -241,3 +241,14 @@ def test_corpus_covers_every_task():
     for marker in ("bbox_2d", "point_2d", "How many", "QwenVL HTML", "data-bbox", "Click the",
                    "The given query happens in", "Outline the position"):
         assert marker in joined
+
+
+def test_stream_mixes_tasks_and_resumes_exactly():
+    import itertools
+    s = synth.stream(("count", "read"), seed=3, weights=(1, 3))
+    first = list(itertools.islice(s, 12))
+    assert {e.task for e in first} == {"count", "read"}
+    resumed = list(itertools.islice(synth.stream(("count", "read"), seed=3, weights=(1, 3), start=7), 5))
+    assert [fingerprint(e) for e in resumed] == [fingerprint(e) for e in first[7:]]
+    with pytest.raises(ValueError, match="'nope'"):
+        next(synth.stream(("nope",)))

@@ -35,7 +35,7 @@ from pathlib import Path
 TASKS: tuple[str, ...] = ("ground", "ground_all", "point", "count", "read", "document", "gui", "video_ground")
 ORDERS = ("random", "media_first", "text_first")
 
-__all__ = ["TASKS", "Example", "sample", "score", "corpus", "write"]
+__all__ = ["TASKS", "Example", "sample", "score", "stream", "corpus", "write"]
 
 
 @dataclass
@@ -115,7 +115,10 @@ def sample(task: str, rng: random.Random, *, min_pixels: int = 4 * 28 * 28, max_
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     media, size, qa, opts, fps = _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixels, True)
-    item = ({"type": "video", "video": media, "fps": fps} if task == "video_ground" else {"type": "image", "image": media})
+    if task == "video_ground":
+        item = {"type": "video", "video": media, "fps": fps}
+    else:
+        item = {"type": "image", "image": media}
     item.update(min_pixels=opts.min_pixels, max_pixels=opts.max_pixels)
     text_first = order == "text_first" or (order == "random" and rng.random() < 0.5)
     messages = []
@@ -125,6 +128,21 @@ def sample(task: str, rng: random.Random, *, min_pixels: int = 4 * 28 * 28, max_
             content = content + [item] if text_first else [item] + content
         messages += [{"role": "user", "content": content}, {"role": "assistant", "content": a}]
     return Example(task, messages, [t for _, _, t in qa], tuple(size), opts.insize(size), fps)
+
+
+def stream(tasks=TASKS, seed: int = 0, start: int = 0, weights=None, **sample_kw):
+    """Endless examples: example i is `sample(task_i, Random(f"{seed}/{i}"))`, task_i drawn from `tasks`
+    (with `weights`) by the same generator, so a run resumes exactly from `start` = examples consumed."""
+    tasks = list(tasks)
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"unknown synth task {t!r}; known: {', '.join(TASKS)}")
+    i = start
+    while True:
+        rng = random.Random(f"{seed}/{i}")
+        task = rng.choices(tasks, weights=weights)[0]
+        yield sample(task, rng, **sample_kw)
+        i += 1
 
 
 def corpus(n: int, seed: int = 0) -> list[str]:

@@ -230,6 +230,15 @@ def font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size) if path else ImageFont.load_default(size=size)
 
 
+def text_length(f: ImageFont.FreeTypeFont, text: str) -> float:
+    """f.getlength, memoised on the font object (layouts measure the same words over and over)."""
+    cache = f.__dict__.setdefault("_synth_lengths", {})
+    v = cache.get(text)
+    if v is None:
+        v = cache[text] = f.getlength(text)
+    return v
+
+
 def bold_font(path: str) -> str:
     """The bold face of a font file when there is one (titles, buttons)."""
     if path and "Bold" not in path:
@@ -265,7 +274,8 @@ def words(rng: random.Random, n: int) -> list[str]:
     for _ in range(n):
         r = rng.random()
         if r < 0.15:
-            out.append(str(rng.randint(0, 9999)) if rng.random() < 0.7 else f"{rng.randint(0, 99)}.{rng.randint(0, 99):02d}")
+            whole = rng.random() < 0.7
+            out.append(str(rng.randint(0, 9999)) if whole else f"{rng.randint(0, 99)}.{rng.randint(0, 99):02d}")
         else:
             w = rng.choice(WORDS)
             out.append(w.capitalize() if r < 0.4 else w.upper() if r < 0.45 else w)

@@ -12,7 +12,8 @@ import random
 from PIL import ImageDraw
 
 from ..tasks.document import DOC_PROMPT
-from .common import background, bold_font, contrasting, font, font_files, text_box, to_input, words
+from .common import (background, bold_font, contrasting, font, font_files, text_box, text_length, to_input,
+                     words)
 from .shapes import _Sketch
 
 READ_PROMPTS = ("Read the text in the image.", "Read all the text in the image.",
@@ -62,10 +63,10 @@ def generate_read(rng: random.Random, opts):
 
 def _wrap(f, ws: list[str], width: float) -> list[str]:
     """Greedy line breaking; word widths are measured once each (a line's own kerning is ignored)."""
-    space = f.getlength(" ")
+    space = text_length(f, " ")
     lines, cur, cur_w = [], [], 0.0
     for w in ws:
-        lw = f.getlength(w)
+        lw = text_length(f, w)
         if cur and cur_w + space + lw > width:
             lines.append(" ".join(cur))
             cur, cur_w = [], 0.0
@@ -177,7 +178,7 @@ def _block(kind, rng, draw, path, body, left, right, top, ink, first):
         n_rows, n_cols = rng.randint(2, 4), rng.randint(2, 3)
         rows = [[(x.capitalize() if r == 0 else x) for x in words(rng, n_cols)] for r in range(n_rows)]
         pad = max(3, body // 3)
-        col_w = [max(f.getlength(rows[r][c]) for r in range(n_rows)) + 2 * pad for c in range(n_cols)]
+        col_w = [max(text_length(f, rows[r][c]) for r in range(n_rows)) + 2 * pad for c in range(n_cols)]
         if sum(col_w) > width:
             return None
         row_h = int(body * 1.3) + 2 * pad
