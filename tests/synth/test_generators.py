@@ -252,3 +252,20 @@ def test_stream_mixes_tasks_and_resumes_exactly():
     assert [fingerprint(e) for e in resumed] == [fingerprint(e) for e in first[7:]]
     with pytest.raises(ValueError, match="'nope'"):
         next(synth.stream(("nope",)))
+
+
+def test_curriculum_ranges():
+    rng = random.Random(8)
+    for _ in range(15):
+        ex = synth.sample("ground_all", rng, objects=(1, 1))
+        assert len(ex.targets[0]["boxes"]) == 1
+        ex = synth.sample("count", rng, objects=(6, 6), size_range=(400, 500), order="media_first")
+        q = ex.messages[0]["content"][1]["text"]
+        assert q != "How many shapes are there?" or ex.targets[0]["count"] == 6
+        ex = synth.sample("video_ground", rng, fps_range=(1.0, 1.0), seconds_range=(4.0, 6.0))
+        n = round(ex.targets[0]["duration"] * ex.fps)
+        assert ex.fps == 1.0 and 4 <= n <= 6 and n % 2 == 0
+    with pytest.raises(ValueError, match="objects"):
+        synth.sample("ground", rng, objects=(0, 3))
+    with pytest.raises(ValueError, match="fps_range"):
+        synth.sample("video_ground", rng, fps_range=(0, 1))

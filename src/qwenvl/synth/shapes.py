@@ -38,10 +38,10 @@ class _Sketch:
     rectangle = polygon = text = line = rounded_rectangle = ellipse
 
 
-def scene(rng: random.Random, size_range: tuple[int, int], draw: bool = True, n: int | None = None):
+def scene(rng: random.Random, size_range: tuple[int, int], draw: bool = True, objects: tuple[int, int] = (1, 6)):
     """(image or None, (w, h), objects)."""
     w, h = rng.randint(*size_range), rng.randint(*size_range)
-    n = n or rng.randint(1, 6)
+    n = rng.randint(*objects)
     pairs = rng.sample([(c, k) for c in COLORS for k in SHAPES], n)
     m = min(w, h)
     lo = max(10, m // 10)
@@ -99,6 +99,6 @@ def questions(task: str, rng: random.Random, objs: list[Obj], size, insize, turn
 
 
 def generate(task: str, rng: random.Random, opts):
-    img, size, objs = scene(rng, opts.size_range, opts.draw)
+    img, size, objs = scene(rng, opts.size_range, opts.draw, opts.objects)
     insize = opts.insize(size)
     return img, size, questions(task, rng, objs, size, insize, opts.turns)
