@@ -269,3 +269,20 @@ def test_curriculum_ranges():
         synth.sample("ground", rng, objects=(0, 3))
     with pytest.raises(ValueError, match="fps_range"):
         synth.sample("video_ground", rng, fps_range=(0, 1))
+
+
+@pytest.mark.parametrize("kind", ["circle", "square", "triangle", "star", "cross"])
+def test_target_box_is_the_drawn_shape(kind):
+    """The tight box of every shape is the box of its pixels (within a pixel), and the answer point is on it."""
+    from PIL import Image, ImageChops, ImageDraw
+
+    from qwenvl.synth.common import draw_shape
+    rng = random.Random(kind)
+    for _ in range(20):
+        s = rng.randint(10, 80)
+        x, y = rng.randint(0, 100), rng.randint(0, 100)
+        img = Image.new("RGB", (200, 200), (255, 255, 255))
+        box, inside = draw_shape(ImageDraw.Draw(img), kind, (x, y, x + s, y + s), (255, 0, 0), rng)
+        ink = ImageChops.difference(img, Image.new("RGB", img.size, (255, 255, 255))).getbbox()
+        assert max(abs(a - b) for a, b in zip(ink, box)) <= 1, (kind, ink, box)
+        assert img.getpixel((int(inside[0]), int(inside[1]))) == (255, 0, 0)

@@ -12,8 +12,8 @@ import random
 from PIL import ImageDraw
 
 from ..tasks.document import DOC_PROMPT
-from .common import (background, bold_font, contrasting, font, font_files, text_box, text_length, to_input,
-                     words)
+from .common import (WORDS, background, bold_font, contrasting, font, font_files, text_box, text_length,
+                     to_input, words)
 from .shapes import _Sketch
 
 READ_PROMPTS = ("Read the text in the image.", "Read all the text in the image.",
@@ -147,7 +147,7 @@ def _block(kind, rng, draw, path, body, left, right, top, ink, first):
     if kind == "title":
         size = int(body * rng.uniform(1.35, 2.0))
         f = font(bold_font(path), size)
-        ws = [x.capitalize() for x in words(rng, rng.randint(1, 4))]
+        ws = [rng.choice(WORDS).capitalize() for _ in range(rng.randint(1, 4))]
         lines = _wrap(f, ws, width)[:1]
         text = lines[0]
         draw.text((left, top), text, font=f, fill=ink)
