@@ -286,3 +286,13 @@ def test_target_box_is_the_drawn_shape(kind):
         ink = ImageChops.difference(img, Image.new("RGB", img.size, (255, 255, 255))).getbbox()
         assert max(abs(a - b) for a, b in zip(ink, box)) <= 1, (kind, ink, box)
         assert img.getpixel((int(inside[0]), int(inside[1]))) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("task", synth.TASKS)
+def test_tiny_and_huge_size_ranges(task):
+    """Degenerate ranges still give a scene (pages and screens have a floor size) whose answer is right."""
+    for sr, budget in (((28, 28), 16 * 784), ((28, 28), 1024 * 784), ((1000, 1000), 16 * 784)):
+        ex = synth.sample(task, random.Random(sr[0] + budget), size_range=sr, max_pixels=budget,
+                          video_max_pixels=8 * 784)
+        m = synth.score(task, ex.targets[0], ex.messages[1]["content"], ex.input_size, ex.media_size)
+        assert min(v for k, v in m.items() if k != "iou") == 1.0, (task, sr, m)

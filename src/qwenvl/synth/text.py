@@ -89,8 +89,9 @@ class _Recorder:
 
 def generate_document(rng: random.Random, opts):
     lo, hi = opts.size_range
+    # Pages are at least 224 px wide and 200 px tall whatever size_range says: smaller holds no block.
     w = rng.randint(max(lo, 224), max(hi, 224))
-    h = max(lo, min(int(hi * 1.6), int(w * rng.uniform(0.9, 1.45))))
+    h = max(lo, min(int(max(hi, 224) * 1.6), int(w * rng.uniform(0.9, 1.45))))
     insize = opts.insize((w, h))
     scale = insize[0] / w
     body = max(8, round(rng.uniform(MIN_TEXT_PX, 18) / scale))       # body font size, original pixels
@@ -105,7 +106,11 @@ def generate_document(rng: random.Random, opts):
     y = margin
     blocks, lines_html = [], []
     kinds = ["paragraph", "paragraph", "list", "table", "title"]
+    tries = 0
     while len(blocks) < 7:
+        tries += 1
+        if tries > 100:
+            raise RuntimeError(f"no document block fits a {w}x{h} page (body text {body} px)")
         kind = "title" if not blocks and rng.random() < 0.8 else rng.choice(kinds)
         rec = _Recorder()
         drawn = _block(kind, rng, rec, path, body, margin, right, y, ink, first=not blocks)
