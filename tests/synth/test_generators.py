@@ -296,3 +296,11 @@ def test_tiny_and_huge_size_ranges(task):
                           video_max_pixels=8 * 784)
         m = synth.score(task, ex.targets[0], ex.messages[1]["content"], ex.input_size, ex.media_size)
         assert min(v for k, v in m.items() if k != "iou") == 1.0, (task, sr, m)
+
+
+def test_read_text_stays_inside_tiny_images():
+    rng = random.Random(2)
+    for _ in range(20):
+        ex = synth.sample("read", rng, size_range=(28, 40))
+        x1, y1, x2, y2 = ex.targets[0]["bbox"]
+        assert 0 <= x1 and 0 <= y1 and x2 <= ex.media_size[0] and y2 <= ex.media_size[1]

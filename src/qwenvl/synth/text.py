@@ -48,6 +48,7 @@ def generate_read(rng: random.Random, opts):
             size_px = int(size_px * MIN_TEXT_PX / (th * scale)) + 1   # too small once resized: larger letters
             continue
         break
+    w, h = max(w, tw + 8), max(h, th + 8)    # a line at the smallest size still fits (past a tiny size_range)
     x = rng.randint(2, max(2, w - tw - 2)) - x1
     y = rng.randint(2, max(2, h - th - 2)) - y1
     img = None
