@@ -106,3 +106,22 @@ def test_eval_run_on_tiny_model(task, tiny_ckpt, tmp_path):
             assert abs(p["fps"] - r["fps"]) < 1e-6
     scores = json.loads((out / "scores.json").read_text())
     assert scores["num_samples"] == 2 and set(scores["metrics"]) >= set(get_task(f"synth_{task}").metrics)
+
+
+@pytest.mark.parametrize("task", synth.TASKS)
+def test_sample_messages_go_through_the_processor(task, tiny_ckpt):
+    """What the trainer feeds the processor on the fly: PIL media with their budget, multi-turn text."""
+    import random
+
+    from qwenvl.processing.processor import Processor
+
+    proc = Processor.from_pretrained(tiny_ckpt)
+    ex = synth.sample(task, random.Random(1), turns=2)
+    batch = proc(ex.messages, add_generation_prompt=False)
+    (info,) = batch.media[0]
+    assert info.input_size == ex.input_size and info.original_size == ex.media_size
+    if task == "video_ground":
+        n = len(ex.messages[0]["content"][0 if ex.messages[0]["content"][0]["type"] == "video" else 1]["video"])
+        assert info.grid_thw[0] == n // 2 and abs(info.fps - ex.fps) < 1e-9
+        assert float(batch["second_per_grid_ts"][0]) == pytest.approx(2 / ex.fps)
+    assert batch["input_ids"].shape[1] > info.num_tokens

@@ -33,6 +33,9 @@ def register(sub) -> None:
     a("--size-range", type=int, nargs=2, default=(112, 640), metavar=("MIN", "MAX"),
       help="original image side lengths, in pixels")
     a("--order", default="random", choices=list(ORDERS), help="media before or after the question")
+    a("--objects", type=int, nargs=2, default=(1, 6), metavar=("MIN", "MAX"), help="shapes in a scene (1-6)")
+    a("--fps-range", type=float, nargs=2, default=(0.5, 4.0), metavar=("MIN", "MAX"), help="clips' frame rates")
+    a("--seconds-range", type=float, nargs=2, default=(2.0, 12.0), metavar=("MIN", "MAX"), help="clips' lengths")
     s.set_defaults(func=run_synth)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -43,7 +46,8 @@ def run_synth(args) -> int:
     t0 = time.perf_counter()
     train, evalf = write(args.task, args.n, args.out, args.seed, turns=args.turns, min_pixels=args.min_pixels,
                          max_pixels=args.max_pixels, video_max_pixels=args.video_max_pixels,
-                         size_range=tuple(args.size_range), order=args.order)
+                         size_range=tuple(args.size_range), order=args.order, objects=tuple(args.objects),
+                         fps_range=tuple(args.fps_range), seconds_range=tuple(args.seconds_range))
     rows = sum(1 for line in evalf.open(encoding="utf-8") if line.strip())
     print(json.dumps({"task": args.task, "examples": args.n, "questions": rows, "train": str(train),
                       "eval": str(evalf), "seconds": round(time.perf_counter() - t0, 2)}))

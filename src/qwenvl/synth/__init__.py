@@ -28,14 +28,14 @@ times the model can resolve (MRoPE places pair t at 2t / fps seconds via second_
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
 TASKS: tuple[str, ...] = ("ground", "ground_all", "point", "count", "read", "document", "gui", "video_ground")
 ORDERS = ("random", "media_first", "text_first")
 
-__all__ = ["TASKS", "Example", "sample", "score", "corpus", "write"]
+__all__ = ["TASKS", "Example", "sample", "score", "stream", "corpus", "write"]
 
 
 @dataclass
@@ -55,7 +55,9 @@ class Opts:
     size_range: tuple[int, int]
     turns: int
     draw: bool = True
-    extra: dict = field(default_factory=dict)
+    objects: tuple[int, int] = (1, 6)            # shapes in a scene
+    fps_range: tuple[float, float] = (0.5, 4.0)  # clips' frame rates
+    seconds_range: tuple[float, float] = (2.0, 12.0)  # clips' lengths
 
     def insize(self, size) -> tuple[int, int]:
         from .common import input_size
@@ -92,7 +94,8 @@ def _generator(task: str):
     raise ValueError(f"unknown synth task {task!r}; known: {', '.join(TASKS)}")
 
 
-def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixels, draw):
+def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixels, draw, objects=(1, 6),
+           fps_range=(0.5, 4.0), seconds_range=(2.0, 12.0)):
     if turns < 1:
         raise ValueError(f"turns must be >= 1, got {turns}")
     lo, hi = size_range
@@ -100,22 +103,38 @@ def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixel
         raise ValueError(f"size_range must be (lo, hi) with 28 <= lo <= hi, got {size_range}")
     if min_pixels > max_pixels:
         raise ValueError(f"min_pixels ({min_pixels}) > max_pixels ({max_pixels})")
+    if not 1 <= objects[0] <= objects[1] <= 6:
+        raise ValueError(f"objects must be (lo, hi) with 1 <= lo <= hi <= 6, got {objects}")
+    if not 0 < fps_range[0] <= fps_range[1]:
+        raise ValueError(f"fps_range must be (lo, hi) with 0 < lo <= hi, got {fps_range}")
+    if not 0 < seconds_range[0] <= seconds_range[1]:
+        raise ValueError(f"seconds_range must be (lo, hi) with 0 < lo <= hi, got {seconds_range}")
     budget = video_max_pixels if task == "video_ground" else max_pixels
-    opts = Opts(min(min_pixels, budget), budget, (lo, hi), turns, draw)
+    opts = Opts(min(min_pixels, budget), budget, (lo, hi), turns, draw, tuple(objects), tuple(fps_range),
+                tuple(seconds_range))
     media, size, qa, *rest = _generator(task)(rng, opts)
     return media, size, qa, opts, (rest[0] if rest else None)
 
 
 def sample(task: str, rng: random.Random, *, min_pixels: int = 4 * 28 * 28, max_pixels: int = 160 * 28 * 28,
            turns: int = 1, size_range: tuple[int, int] = (112, 640), video_max_pixels: int = 64 * 28 * 28,
-           order: str = "random") -> Example:
-    """One example of `task` drawn from `rng`. order: where the media goes in the first user turn,
-    "media_first", "text_first" (what `qwenvl ground/locate/parse-doc` send) or "random" (either, so
-    the model answers both the chat and the task commands)."""
+           order: str = "random", objects: tuple[int, int] = (1, 6), fps_range: tuple[float, float] = (0.5, 4.0),
+           seconds_range: tuple[float, float] = (2.0, 12.0)) -> Example:
+    """One example of `task` drawn from `rng`.
+
+    size_range: original image / frame sides in pixels. order: where the media goes in the first user
+    turn, "media_first", "text_first" (what `qwenvl ground/locate/parse-doc` send) or "random" (either,
+    so the model answers both the chat and the task commands). objects: how many shapes a scene holds
+    (shape tasks; a curriculum may start at (1, 1)). fps_range / seconds_range: clips' frame rate and
+    length (video_ground; at least 4 frames whatever the range)."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
-    media, size, qa, opts, fps = _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixels, True)
-    item = ({"type": "video", "video": media, "fps": fps} if task == "video_ground" else {"type": "image", "image": media})
+    media, size, qa, opts, fps = _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixels, True,
+                                        objects, fps_range, seconds_range)
+    if task == "video_ground":
+        item = {"type": "video", "video": media, "fps": fps}
+    else:
+        item = {"type": "image", "image": media}
     item.update(min_pixels=opts.min_pixels, max_pixels=opts.max_pixels)
     text_first = order == "text_first" or (order == "random" and rng.random() < 0.5)
     messages = []
@@ -125,6 +144,21 @@ def sample(task: str, rng: random.Random, *, min_pixels: int = 4 * 28 * 28, max_
             content = content + [item] if text_first else [item] + content
         messages += [{"role": "user", "content": content}, {"role": "assistant", "content": a}]
     return Example(task, messages, [t for _, _, t in qa], tuple(size), opts.insize(size), fps)
+
+
+def stream(tasks=TASKS, seed: int = 0, start: int = 0, weights=None, **sample_kw):
+    """Endless examples: example i is `sample(task_i, Random(f"{seed}/{i}"))`, task_i drawn from `tasks`
+    (with `weights`) by the same generator, so a run resumes exactly from `start` = examples consumed."""
+    tasks = list(tasks)
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"unknown synth task {t!r}; known: {', '.join(TASKS)}")
+    i = start
+    while True:
+        rng = random.Random(f"{seed}/{i}")
+        task = rng.choices(tasks, weights=weights)[0]
+        yield sample(task, rng, **sample_kw)
+        i += 1
 
 
 def corpus(n: int, seed: int = 0) -> list[str]:

@@ -48,6 +48,23 @@ def json_answer(items: list[dict]) -> str:
 
 # --------------------------------------------------------------------------------------------- colours
 
+# Other renderers' "green" is not ours: each name also has the CSS / PIL named colour and matplotlib's
+# tab: colour, and a shape's fill is drawn between two of them (plus jitter), so the model learns the
+# colour names rather than three RGB values.
+SHADES = {"red": ((255, 0, 0), (214, 39, 40)), "green": ((0, 128, 0), (44, 160, 44)),
+          "blue": ((0, 0, 255), (31, 119, 180)), "yellow": ((255, 255, 0), (230, 200, 20)),
+          "purple": ((128, 0, 128), (148, 103, 189)), "orange": ((255, 165, 0), (255, 127, 14)),
+          "black": ((0, 0, 0), (40, 40, 40)), "white": ((255, 255, 255), (235, 235, 235))}
+
+
+def shade(rng: random.Random, name: str) -> tuple[int, int, int]:
+    """A fill colour for colour `name`: on the segment between two of its reference colours, jittered."""
+    refs = (COLORS[name],) + SHADES[name]
+    a, b = rng.sample(refs, 2)
+    t = rng.random()
+    return jitter(rng, tuple(round(x + t * (y - x)) for x, y in zip(a, b)), 12)
+
+
 def jitter(rng: random.Random, rgb, amount: int = 16) -> tuple[int, int, int]:
     """A colour near `rgb`: other renderers' "red" is not exactly ours."""
     return tuple(min(255, max(0, c + rng.randint(-amount, amount))) for c in rgb)
@@ -213,6 +230,15 @@ def font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size) if path else ImageFont.load_default(size=size)
 
 
+def text_length(f: ImageFont.FreeTypeFont, text: str) -> float:
+    """f.getlength, memoised on the font object (layouts measure the same words over and over)."""
+    cache = f.__dict__.setdefault("_synth_lengths", {})
+    v = cache.get(text)
+    if v is None:
+        v = cache[text] = f.getlength(text)
+    return v
+
+
 def bold_font(path: str) -> str:
     """The bold face of a font file when there is one (titles, buttons)."""
     if path and "Bold" not in path:
@@ -248,7 +274,8 @@ def words(rng: random.Random, n: int) -> list[str]:
     for _ in range(n):
         r = rng.random()
         if r < 0.15:
-            out.append(str(rng.randint(0, 9999)) if rng.random() < 0.7 else f"{rng.randint(0, 99)}.{rng.randint(0, 99):02d}")
+            whole = rng.random() < 0.7
+            out.append(str(rng.randint(0, 9999)) if whole else f"{rng.randint(0, 99)}.{rng.randint(0, 99):02d}")
         else:
             w = rng.choice(WORDS)
             out.append(w.capitalize() if r < 0.4 else w.upper() if r < 0.45 else w)

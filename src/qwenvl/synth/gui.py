@@ -12,7 +12,8 @@ import random
 
 from PIL import ImageDraw
 
-from .common import background, bold_font, contrasting, font, font_files, json_answer, luminance, text_box, to_input
+from .common import (background, bold_font, contrasting, font, font_files, json_answer, luminance, text_box,
+                     text_length, to_input)
 from .shapes import _Sketch
 
 BUTTONS = ("OK", "Cancel", "Save", "Submit", "Login", "Search", "Next", "Back", "Delete", "Edit", "Send", "Open",
@@ -48,7 +49,8 @@ def generate(rng: random.Random, opts):
     bg = tuple(rng.randint(15, 50) for _ in range(3)) if dark else tuple(rng.randint(225, 255) for _ in range(3))
     ink = contrasting(rng, bg, 150)
     accent = contrasting(rng, bg, 60)
-    img = background(rng, (w, h), bg, kind=rng.choice(("plain", "plain", "gradient")), strength=6) if opts.draw else None
+    kind = rng.choice(("plain", "plain", "gradient"))
+    img = background(rng, (w, h), bg, kind=kind, strength=6) if opts.draw else None
     d = ImageDraw.Draw(img) if opts.draw else _Sketch()
     pad = max(3, fs // 2)
     margin = max(4, int(w * rng.uniform(0.04, 0.08)))
@@ -68,7 +70,7 @@ def generate(rng: random.Random, opts):
             break
         if kind == "field":
             label = _take(rng, FIELDS, used)
-            lw = f.getlength(label + ":")
+            lw = text_length(f, label + ":")
             above = rng.random() < 0.4 or lw + 4 * fs > w - 2 * margin
             if above:
                 d.text((margin, y), label, font=f, fill=ink)
@@ -88,7 +90,7 @@ def generate(rng: random.Random, opts):
             x = margin
             for _ in range(rng.randint(1, 3)):
                 label = _take(rng, BUTTONS, used)
-                tw = fb.getlength(label)
+                tw = text_length(fb, label)
                 box = (int(x), y, int(x + tw + 3 * pad), y + row_h)
                 if box[2] > w - margin:
                     used.discard(label)
@@ -115,12 +117,13 @@ def generate(rng: random.Random, opts):
             elements.append(("checkbox", label, (b[0], min(b[1], t[1]), t[2], max(b[3], t[3]))))
         else:
             hint = rng.choice(HINTS)
-            if f.getlength(hint) < w - 2 * margin:
+            if text_length(f, hint) < w - 2 * margin:
                 d.text((margin, y + pad), hint, font=f, fill=ink)
         y += row_h + rng.randint(pad, 3 * pad)
     if not elements:       # a screen too small for any row still gets one button under the bar
         label = _take(rng, BUTTONS, used)
-        box = (margin, bar_h + 2, int(margin + fb.getlength(label) + 2 * pad), min(h - 1, bar_h + 2 + fs + pad))
+        box = (margin, bar_h + 2, int(margin + text_length(fb, label) + 2 * pad),
+               min(h - 1, bar_h + 2 + fs + pad))
         d.rectangle(box, fill=accent)
         d.text((box[0] + pad, box[1]), label, font=fb, fill=contrasting(rng, accent, 110))
         elements.append(("button", label, box))

@@ -12,7 +12,8 @@ import random
 from PIL import ImageDraw
 
 from ..tasks.document import DOC_PROMPT
-from .common import background, bold_font, contrasting, font, font_files, text_box, to_input, words
+from .common import (WORDS, background, bold_font, contrasting, font, font_files, text_box, text_length,
+                     to_input, words)
 from .shapes import _Sketch
 
 READ_PROMPTS = ("Read the text in the image.", "Read all the text in the image.",
@@ -47,6 +48,7 @@ def generate_read(rng: random.Random, opts):
             size_px = int(size_px * MIN_TEXT_PX / (th * scale)) + 1   # too small once resized: larger letters
             continue
         break
+    w, h = max(w, tw + 8), max(h, th + 8)    # a line at the smallest size still fits (past a tiny size_range)
     x = rng.randint(2, max(2, w - tw - 2)) - x1
     y = rng.randint(2, max(2, h - th - 2)) - y1
     img = None
@@ -61,21 +63,36 @@ def generate_read(rng: random.Random, opts):
 # ------------------------------------------------------------------------------------------- documents
 
 def _wrap(f, ws: list[str], width: float) -> list[str]:
-    lines, cur = [], []
+    """Greedy line breaking; word widths are measured once each (a line's own kerning is ignored)."""
+    space = text_length(f, " ")
+    lines, cur, cur_w = [], [], 0.0
     for w in ws:
-        if cur and f.getlength(" ".join(cur + [w])) > width:
+        lw = text_length(f, w)
+        if cur and cur_w + space + lw > width:
             lines.append(" ".join(cur))
-            cur = []
+            cur, cur_w = [], 0.0
+        cur_w += (space if cur else 0.0) + lw
         cur.append(w)
     if cur:
         lines.append(" ".join(cur))
     return lines
 
 
+class _Recorder:
+    """Records drawing calls, to replay them once a laid-out block is known to fit the page."""
+
+    def __init__(self):
+        self.ops = []
+
+    def __getattr__(self, name):
+        return lambda *a, **k: self.ops.append((name, a, k))
+
+
 def generate_document(rng: random.Random, opts):
     lo, hi = opts.size_range
+    # Pages are at least 224 px wide and 200 px tall whatever size_range says: smaller holds no block.
     w = rng.randint(max(lo, 224), max(hi, 224))
-    h = max(lo, min(int(hi * 1.6), int(w * rng.uniform(0.9, 1.45))))
+    h = max(lo, min(int(max(hi, 224) * 1.6), int(w * rng.uniform(0.9, 1.45))))
     insize = opts.insize((w, h))
     scale = insize[0] / w
     body = max(8, round(rng.uniform(MIN_TEXT_PX, 18) / scale))       # body font size, original pixels
@@ -90,16 +107,20 @@ def generate_document(rng: random.Random, opts):
     y = margin
     blocks, lines_html = [], []
     kinds = ["paragraph", "paragraph", "list", "table", "title"]
+    tries = 0
     while len(blocks) < 7:
+        tries += 1
+        if tries > 100:
+            raise RuntimeError(f"no document block fits a {w}x{h} page (body text {body} px)")
         kind = "title" if not blocks and rng.random() < 0.8 else rng.choice(kinds)
-        drawn = _block(kind, rng, d, path, body, margin, right, y, ink, first=not blocks)
+        rec = _Recorder()
+        drawn = _block(kind, rng, rec, path, body, margin, right, y, ink, first=not blocks)
         if drawn is None or drawn["bbox"][3] > h - margin // 2 or drawn["bbox"][2] > w - 2:
             if blocks:
                 break
             continue                         # the first block must fit: try another kind
-        # Redraw only when it fits: _block drew on a scratch sketch.
-        _block(kind, random.Random(drawn["seed"]), d if opts.draw else _Sketch(), path, body, margin, right, y,
-               ink, first=not blocks, seed=drawn["seed"], commit=True)
+        for name, a, k in rec.ops:           # it fits: draw it
+            getattr(d, name)(*a, **k)
         box = to_input(drawn["bbox"], insize, (w, h))
         attr = f'data-bbox="{box[0]} {box[1]} {box[2]} {box[3]}"'
         if kind == "title":
@@ -125,22 +146,18 @@ def generate_document(rng: random.Random, opts):
     return img, (w, h), [(DOC_PROMPT, answer, {"blocks": blocks})]
 
 
-def _block(kind, rng, d, path, body, left, right, top, ink, first, seed=None, commit=False):
-    """Lay out (and, with commit, draw) one block at `top`; returns its facts, or None when it cannot
-    be laid out. Laying out first and drawing after keeps a block that overflows the page off it."""
-    if seed is None:
-        seed = rng.getrandbits(32)
-        rng = random.Random(seed)
-    draw = d if commit else _Sketch()
+def _block(kind, rng, draw, path, body, left, right, top, ink, first):
+    """Lay out one block at `top`, drawing on `draw` (a recorder); returns its facts, or None when it
+    cannot be laid out."""
     width = right - left
     if kind == "title":
         size = int(body * rng.uniform(1.35, 2.0))
         f = font(bold_font(path), size)
-        ws = [x.capitalize() for x in words(rng, rng.randint(1, 4))]
+        ws = [rng.choice(WORDS).capitalize() for _ in range(rng.randint(1, 4))]
         lines = _wrap(f, ws, width)[:1]
         text = lines[0]
         draw.text((left, top), text, font=f, fill=ink)
-        return {"seed": seed, "bbox": text_box(f, (left, top), text), "text": text,
+        return {"bbox": text_box(f, (left, top), text), "text": text,
                 "tag": "h1" if first else rng.choice(("h1", "h2", "h3"))}
     f = font(path, body)
     step = int(body * 1.35)
@@ -150,7 +167,7 @@ def _block(kind, rng, d, path, body, left, right, top, ink, first, seed=None, co
         for i, line in enumerate(lines):
             draw.text((left, top + i * step), line, font=f, fill=ink)
             boxes.append(text_box(f, (left, top + i * step), line))
-        return {"seed": seed, "bbox": _union(boxes), "text": " ".join(lines)}
+        return {"bbox": _union(boxes), "text": " ".join(lines)}
     if kind == "list":
         ordered = rng.random() < 0.4
         indent = int(body * 1.6)
@@ -162,12 +179,12 @@ def _block(kind, rng, d, path, body, left, right, top, ink, first, seed=None, co
             draw.text((left, yy), marker, font=f, fill=ink)
             draw.text((left + indent, yy), t, font=f, fill=ink)
             items.append((t, _union([text_box(f, (left, yy), marker), text_box(f, (left + indent, yy), t)])))
-        return {"seed": seed, "bbox": _union([b for _, b in items]), "items": items, "tag": "ol" if ordered else "ul"}
+        return {"bbox": _union([b for _, b in items]), "items": items, "tag": "ol" if ordered else "ul"}
     if kind == "table":
         n_rows, n_cols = rng.randint(2, 4), rng.randint(2, 3)
         rows = [[(x.capitalize() if r == 0 else x) for x in words(rng, n_cols)] for r in range(n_rows)]
         pad = max(3, body // 3)
-        col_w = [max(f.getlength(rows[r][c]) for r in range(n_rows)) + 2 * pad for c in range(n_cols)]
+        col_w = [max(text_length(f, rows[r][c]) for r in range(n_rows)) + 2 * pad for c in range(n_cols)]
         if sum(col_w) > width:
             return None
         row_h = int(body * 1.3) + 2 * pad
@@ -184,5 +201,5 @@ def _block(kind, rng, d, path, body, left, right, top, ink, first, seed=None, co
         for r in range(n_rows):
             for c in range(n_cols):
                 draw.text((xs[c] + pad, y0 + r * row_h + pad), rows[r][c], font=f, fill=ink)
-        return {"seed": seed, "bbox": (x0, y0, x1 + 1, y1 + 1), "rows": rows}
+        return {"bbox": (x0, y0, x1 + 1, y1 + 1), "rows": rows}
     raise ValueError(f"unknown block kind {kind!r}")

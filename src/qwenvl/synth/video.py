@@ -16,7 +16,7 @@ import random
 from PIL import ImageDraw
 
 from ..tasks.video import temporal_grounding_prompt
-from .common import COLORS, SHAPES, background, draw_shape, far_colour, jitter, place_boxes
+from .common import COLORS, SHAPES, background, draw_shape, far_colour, place_boxes, shade
 from .shapes import _Sketch
 
 EVENTS = ("appear", "move", "colour")
@@ -27,12 +27,12 @@ ANSWER = "The given query happens in {s:.1f} - {e:.1f} seconds."
 MIN_S, MAX_S = 2.0, 12.0
 
 
-def timing(rng: random.Random) -> tuple[float, int]:
-    """(fps, frame count): fps in 0.5-4 (0.1 steps), an even count of at least 4 frames lasting 2-12 s
-    (at least 4 frames: below 2/3 fps that is longer than 2 s)."""
-    fps = round(rng.uniform(0.5, 4.0), 1)
-    n = 2 * math.ceil(rng.uniform(MIN_S, MAX_S) * fps / 2)
-    n = min(max(4, n), max(4, 2 * math.floor(MAX_S * fps / 2)))
+def timing(rng: random.Random, fps_range=(0.5, 4.0), seconds_range=(MIN_S, MAX_S)) -> tuple[float, int]:
+    """(fps, frame count): fps in fps_range (0.1 steps), an even count of at least 4 frames lasting
+    seconds_range (at least 4 frames: below 2/3 fps that is longer than 2 s)."""
+    fps = max(0.1, round(rng.uniform(*fps_range), 1))
+    n = 2 * math.ceil(rng.uniform(*seconds_range) * fps / 2)
+    n = min(max(4, n), max(4, 2 * math.floor(seconds_range[1] * fps / 2)))
     return fps, n
 
 
@@ -42,7 +42,7 @@ def generate(rng: random.Random, opts):
     cap = int(math.sqrt(4 * opts.max_pixels))
     w, h = rng.randint(lo, max(lo, min(hi, cap))), rng.randint(lo, max(lo, min(hi, cap)))
     w, h = w - w % 2, h - h % 2
-    fps, n = timing(rng)
+    fps, n = timing(rng, opts.fps_range, opts.seconds_range)
     pairs = n // 2
     n_events = min(opts.turns, 3)
     n_static = rng.randint(0, 3)
@@ -86,11 +86,11 @@ def generate(rng: random.Random, opts):
                 o["end"] = end[0]
             else:
                 o["event"]["kind"] = "appear"    # no room to move far enough: the shape appears instead
-        o["fill"] = jitter(rng, COLORS[o["name"][0]])
+        o["fill"] = shade(rng, o["name"][0])
         if "c2" in o:
-            o["fill2"] = jitter(rng, COLORS[o["c2"]])
+            o["fill2"] = shade(rng, o["c2"])
         o["shape_seed"] = rng.getrandbits(32)
-    used_colours = [COLORS[o["name"][0]] for o in objs] + [COLORS[o["c2"]] for o in objs if "c2" in o]
+    used_colours = [o["fill"] for o in objs] + [o["fill2"] for o in objs if "fill2" in o]
     base = far_colour(rng, used_colours)
     frames = None
     if opts.draw:
