@@ -17,7 +17,7 @@ import time
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (without /v1)")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="server address, e.g. http://127.0.0.1:8000 (an OpenAI-style .../v1 base URL works too)")
     p.add_argument("--model", help="model id to send (default: the first of /v1/models)")
     p.add_argument("--api-key", help="bearer token, if the server needs one")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrency levels (default 1,4,16)")
@@ -85,13 +85,15 @@ async def one_request(client, url: str, body: dict) -> dict:
     return {"ok": True, "latency": end - start, "ttft": (first or end) - start, "tokens": tokens}
 
 
-async def run_level(client, url: str, body: dict, concurrency: int, total: int) -> dict:
+async def run_level(client, url: str, body: dict, concurrency: int, total: int, on_done=None) -> dict:
     results: list[dict] = []
     counter = iter(range(total))
 
     async def worker():
         for _ in counter:
             results.append(await one_request(client, url, body))
+            if on_done:
+                on_done(concurrency, results[-1])
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -107,7 +109,8 @@ async def run_level(client, url: str, body: dict, concurrency: int, total: int) 
             "errors": sorted({str(r.get("error")) for r in results if not r["ok"]})[:3]}
 
 
-async def bench(args) -> list[dict]:
+async def bench(args, on_done=None) -> list[dict]:
+    """One row per concurrency level; on_done(concurrency, result), if given, after every request."""
     import httpx
 
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
@@ -130,7 +133,7 @@ async def bench(args) -> list[dict]:
             body["ignore_eos"] = True
         url = f"{base}/v1/chat/completions"
         await one_request(client, url, body)   # warm-up (first-call allocations)
-        return [await run_level(client, url, body, c, args.requests) for c in levels]
+        return [await run_level(client, url, body, c, args.requests, on_done) for c in levels]
 
 
 def format_table(rows: list[dict]) -> str:
@@ -144,10 +147,10 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(args) -> int:
+def main(args, on_done=None) -> int:
     if args.requests < 1:
         raise ValueError("--requests must be >= 1")
-    rows = asyncio.run(bench(args))
+    rows = asyncio.run(bench(args, on_done))
     print(format_table(rows))
     for r in rows:
         if r["errors"]:
