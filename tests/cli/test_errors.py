@@ -156,6 +156,21 @@ def test_eval_wrong_annotation_file(files, tiny_ckpt, tmp_path, capsys, no_load)
                    "--predictions", str(tmp_path / "p.jsonl")], "p.jsonl", "no such predictions file")
 
 
+# ------------------------------------------------------------------------------------------ train
+
+def test_train_mistakes(files, tiny_ckpt, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    fails(capsys, ["train", "--model", str(tmp_path / "nope"), "--data", str(files / "wrong.jsonl"), "--out", out],
+          "nope")
+    fails(capsys, ["train", "--model", str(tiny_ckpt), "--data", str(tmp_path / "nope.jsonl"), "--out", out],
+          "nope.jsonl", "no such file")
+    if not __import__("torch").cuda.is_available():
+        fails(capsys, ["train", "--model", str(tiny_ckpt), "--data", str(files / "wrong.jsonl"), "--out", out,
+                       "--device", "cuda"], "--device cuda", "CUDA is not available")
+    fails(capsys, ["train", "--model", str(tiny_ckpt), "--data", str(files / "wrong.jsonl"), "--out", out,
+                   "--max-step", "3"], "unknown option --max-step", "--max-steps", rc=2)
+
+
 # ------------------------------------------------------------------------------------------ bench-serve
 
 def _free_port() -> int:

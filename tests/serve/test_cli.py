@@ -63,3 +63,14 @@ def test_bench_serve_reports_levels(pipe, tmp_path, capsys):
     import json
     rows = json.loads((tmp_path / "out.json").read_text())
     assert [r["concurrency"] for r in rows] == [1, 4] and all(r["tokens"] == 16 for r in rows)
+
+
+def test_bench_serve_takes_an_openai_base_url(pipe, capsys):
+    """`--url http://host:port/v1`, as OpenAI clients take it, reaches the same server (not /v1/v1/...)."""
+    from qwenvl.cli.main import main
+
+    with running_server(pipe, max_batch=2) as (base, _, _):
+        assert main(["bench-serve", "--url", base + "/v1/", "--concurrency", "1", "--requests", "2",
+                     "--max-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "\n| 1 | 2 | 0 |" in out

@@ -128,3 +128,15 @@ def test_missing_file_and_missing_model(tmp_path, capsys, monkeypatch):
     monkeypatch.delattr(qwenvl, "DEFAULT_MODEL", raising=False)
     rc, _, err = run(capsys, ["ground", str(path), "x"])
     assert rc == 1 and "model" in err
+
+
+@pytest.mark.parametrize("answer", ["I saw 3 dogs and 7 cats", "Lorem ipsum 5 dolor 5."])
+def test_locate_reports_no_span(tmp_path, capsys, fake_load, answer):
+    """An answer without an explicit span gives nulls and exit status 3, never a made-up span."""
+    video = write_video(tmp_path / "v.mp4")
+    fake_load(FakePipe([answer]))
+    rc, out, err = run(capsys, ["locate", str(video), "the dog jumps"])
+    data = json.loads(out)
+    assert rc == 3 and data["start"] is None and data["end"] is None and data["rule"] is None
+    assert data["raw"] == answer and "no time span" in data["warnings"][0]
+    assert err.count("\n") == 1 and "no time span" in err

@@ -74,6 +74,9 @@ def argparse_bool():
 
 def run(args) -> int:
     from ..train.loop import TrainConfig, train
+    from .inputs import check_device
+
+    check_device(args.device)
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     kw = {k: v for k, v in vars(args).items() if k in fields}
