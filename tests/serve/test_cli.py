@@ -74,3 +74,20 @@ def test_bench_serve_takes_an_openai_base_url(pipe, capsys):
                      "--max-tokens", "2"]) == 0
     out = capsys.readouterr().out
     assert "\n| 1 | 2 | 0 |" in out
+
+
+def test_bench_serve_failures_are_one_line(pipe, capsys):
+    from qwenvl.cli.main import main
+
+    with running_server(pipe, max_batch=2, api_key="secret") as (base, _, _):
+        # no key: /v1/models answers 401
+        assert main(["bench-serve", "--url", base, "--concurrency", "1", "--requests", "1", "--max-tokens", "2"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "HTTP 401" in err[0] and "Traceback" not in err[0]
+        # a model given, so the requests themselves fail: counted, listed, then one line
+        assert main(["bench-serve", "--url", base, "--model", "m", "--concurrency", "1", "--requests", "1",
+                     "--max-tokens", "2"]) == 1
+        captured = capsys.readouterr()
+        assert "| 1 | 1 | 1 |" in captured.out
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and "requests to" in err[0] and "--api-key" in err[0]

@@ -47,7 +47,8 @@ def run(args) -> int:
     try:
         args.video_frames = [int(v) for v in args.video_frames.split(",") if v.strip()] if args.video_frames else []
     except ValueError:
-        raise CLIError(f"--video-frames {args.video_frames}: expected comma-separated frame counts, e.g. 8,32") from None
+        raise CLIError(f"--video-frames {args.video_frames}: expected comma-separated frame counts, "
+                       "e.g. 8,32") from None
     if args.decode_tokens < 0:
         raise CLIError("--decode-tokens must be >= 0")
     if args.model:

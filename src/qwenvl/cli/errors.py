@@ -81,7 +81,9 @@ def _describe_one(e: BaseException, args) -> str | None:
         # Raised by the project with a message ("x: no such image"), or by the OS with a filename.
         return f"{e.filename}: no such file or directory" if e.filename else one_line(e)
     if isinstance(e, UnicodeDecodeError):
-        return f"a file is not UTF-8 text ({one_line(e, 160)}): pass the right file"
+        data = getattr(args, "data", None)
+        hint = f"is --data {data} the right file?" if data else "pass the right file"
+        return f"a file is not UTF-8 text ({one_line(e, 160)}): {hint}"
     if isinstance(e, OSError) and ("truncated" in str(e).lower() or "image file" in str(e).lower()):
         return f"a corrupt or truncated image ({one_line(e, 120)}): re-export or re-download it"
     if isinstance(e, ValueError):

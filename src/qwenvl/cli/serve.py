@@ -155,8 +155,12 @@ def run_bench(args) -> int:
             bars[concurrency] = progress.counter(f"concurrency {concurrency}", "req", total=args.requests)
         bars[concurrency].update(1)
     try:
-        return main(args, on_done)
+        rc = main(args, on_done)
     finally:
         for bar in bars.values():
             bar.close()
+    if rc:
+        raise CLIError(f"some requests to {args.url} failed (the errors are listed above): check --model, --api-key "
+                       "and the server's log")
+    return 0
 

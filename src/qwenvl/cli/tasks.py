@@ -128,7 +128,8 @@ def render_pages(path: Path, dpi: float = 144.0) -> list:
         try:
             pdf = pdfium.PdfDocument(str(path))
         except pdfium.PdfiumError as e:
-            raise CLIError(f"{path}: not a readable PDF ({one_line(e, 120)}); is it complete and unencrypted?") from None
+            raise CLIError(f"{path}: not a readable PDF ({one_line(e, 120)}); is it complete and "
+                           "unencrypted?") from None
         try:
             if len(pdf) == 0:
                 raise CLIError(f"{path}: the PDF has no pages")

@@ -17,7 +17,8 @@ import time
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="server address, e.g. http://127.0.0.1:8000 (an OpenAI-style .../v1 base URL works too)")
+    p.add_argument("--url", default="http://127.0.0.1:8000",
+                   help="server address, e.g. http://127.0.0.1:8000 (an OpenAI-style .../v1 base URL works too)")
     p.add_argument("--model", help="model id to send (default: the first of /v1/models)")
     p.add_argument("--api-key", help="bearer token, if the server needs one")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrency levels (default 1,4,16)")

@@ -36,15 +36,11 @@ _CANDIDATE = re.compile(
     rf"(?:\b(?P<lead>from|between|in|at|during)\s+(?:the\s+)?(?:about\s+|around\s+)?)?"
     rf"(?<![\d:.])(?P<a>{_TIME})(?!\d|[:.]\d)(?P<ua>{_UNIT})?(?P<sep>{_SEP})"
     rf"(?P<b>{_TIME})(?!\d|[:.]\d)(?P<ub>{_UNIT})?", re.I)
-_START_END = re.compile(
-    rf"\bstart(?:s|ed|ing)?\s+(?:at\s+|from\s+|in\s+)?(?:about\s+|around\s+)?(?P<a>{_TIME})(?!\d|[:.]\d)(?:{_UNIT})?"
-    rf".*?\bend(?:s|ed|ing)?\s+(?:at\s+|in\s+|by\s+)?(?:about\s+|around\s+)?(?P<b>{_TIME})(?!\d|[:.]\d)(?:{_UNIT})?",
-    re.I | re.S)
-# The same, stated end first ("ends at 9, starts at 4").
-_END_START = re.compile(
-    rf"\bend(?:s|ed|ing)?\s+(?:at\s+|in\s+|by\s+)?(?:about\s+|around\s+)?(?P<b>{_TIME})(?!\d|[:.]\d)(?:{_UNIT})?"
-    rf".*?\bstart(?:s|ed|ing)?\s+(?:at\s+|from\s+|in\s+)?(?:about\s+|around\s+)?(?P<a>{_TIME})(?!\d|[:.]\d)(?:{_UNIT})?",
-    re.I | re.S)
+_AT = r"(?:about\s+|around\s+)?"
+_START_AT = rf"\bstart(?:s|ed|ing)?\s+(?:at\s+|from\s+|in\s+)?{_AT}(?P<a>{_TIME})(?!\d|[:.]\d)(?:{_UNIT})?"
+_END_AT = rf"\bend(?:s|ed|ing)?\s+(?:at\s+|in\s+|by\s+)?{_AT}(?P<b>{_TIME})(?!\d|[:.]\d)(?:{_UNIT})?"
+_START_END = re.compile(rf"{_START_AT}.*?{_END_AT}", re.I | re.S)
+_END_START = re.compile(rf"{_END_AT}.*?{_START_AT}", re.I | re.S)     # "ends at 9, starts at 4"
 _WORD_AFTER = re.compile(r"\s*[^\W\d_]", re.U)     # "from 3 to 5 dogs": a word right after the span
 
 
