@@ -98,6 +98,10 @@ def report(exc: BaseException, args, command: str) -> int:
         print(f"qwenvl {command}: interrupted", file=sys.stderr)
         return 130
     if isinstance(exc, BrokenPipeError):      # `qwenvl ... | head`: the reader left, nothing to say
+        import os
+
+        # Python flushes stdout again at exit and would complain about the closed pipe (docs: "Note on SIGPIPE")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     msg = describe(exc, args)
     if msg is None:
