@@ -80,15 +80,17 @@ def wrong_data(task, args, e: KeyError) -> CLIError:
 
 def run_cmd(args) -> int:
     import qwenvl
-    from qwenvl.eval import MediaContext, format_table, get_task, run
 
-    task = get_task(args.task)   # fail on a bad name, a bad file, a bad device before loading a model
-    ctx = MediaContext(max_pixels=args.max_pixels, min_pixels=args.min_pixels, fps=args.fps,
-                       media_dir=args.media_dir)
-    load_records(task, args, ctx)
-    check_model(args.model)
-    check_device(args.device)
     progress = Progress(wanted(args))
+    with progress.step("reading the annotations"):
+        from qwenvl.eval import MediaContext, format_table, get_task, run
+
+        task = get_task(args.task)   # fail on a bad name, a bad file, a bad device before loading a model
+        ctx = MediaContext(max_pixels=args.max_pixels, min_pixels=args.min_pixels, fps=args.fps,
+                           media_dir=args.media_dir)
+        load_records(task, args, ctx)
+        check_model(args.model)
+        check_device(args.device)
     with progress.step(f"loading {args.model} ({args.dtype}, {args.device})"):
         pipe = qwenvl.load(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize,
                            compile=args.compile)

@@ -94,14 +94,14 @@ def _check_save(path) -> None:
 def run_ground(args) -> int:
     from PIL import Image
 
-    from qwenvl.tasks import draw_detections, grounding_prompt, parse_boxes
-
     check_image(args.image)
     check_pixels(args)
     _check_save(args.save)
+    progress = Progress(wanted(args))
+    with progress.step("starting (importing torch)"):     # seconds on a busy machine
+        from qwenvl.tasks import draw_detections, grounding_prompt, parse_boxes
     path = Path(args.image)
     image = Image.open(path)
-    progress = Progress(wanted(args))
     pipe = load_pipeline(args, progress)
     prompt = grounding_prompt(args.query, points=args.points)
     messages = [{"role": "system", "content": SYSTEM},
@@ -143,15 +143,16 @@ def render_pages(path: Path, dpi: float = 144.0) -> list:
 
 
 def run_parse_doc(args) -> int:
-    from qwenvl.tasks import DOC_PROMPT, draw_document, parse_document
-
     path = Path(args.file)
     if not path.exists():
         raise CLIError(f"{path}: no such file")
     check_pixels(args)
     _check_save(args.save)
-    pages = render_pages(path, args.dpi)
     progress = Progress(wanted(args))
+    with progress.step(f"reading {path.name}"):
+        pages = render_pages(path, args.dpi)
+    with progress.step("starting (importing torch)"):
+        from qwenvl.tasks import DOC_PROMPT, draw_document, parse_document
     pipe = load_pipeline(args, progress)
     out = []
     for n, page in enumerate(pages, 1):
@@ -183,11 +184,11 @@ NO_SPAN = 3   # exit status of `locate` when the answer states no time span (the
 
 
 def run_locate(args) -> int:
-    from qwenvl.tasks import find_time_span, temporal_grounding_prompt
-
     check_video(args.video)
     path = Path(args.video)
     progress = Progress(wanted(args))
+    with progress.step("starting (importing torch)"):
+        from qwenvl.tasks import find_time_span, temporal_grounding_prompt
     pipe = load_pipeline(args, progress)
     item = {"type": "video", "video": str(path)}
     if args.fps:
