@@ -300,3 +300,22 @@ def test_lazy_package_attributes():
     assert "load" in dir(qwenvl)
     with pytest.raises(AttributeError):
         qwenvl.no_such_name
+
+
+def test_a_bug_while_handling_a_user_error_is_still_a_bug():
+    from qwenvl.cli.errors import describe
+
+    try:
+        try:
+            raise ValueError("bad input")
+        except ValueError:
+            raise TypeError("a bug in the handler")
+    except TypeError as e:
+        assert describe(e) is None                      # reported as an internal error, not as "bad input"
+    try:
+        try:
+            raise OSError("image file is truncated")
+        except OSError as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as e:
+        assert "truncated" in describe(e)               # an explicit cause is followed

@@ -23,12 +23,13 @@ def one_line(text: str, limit: int = 400) -> str:
 
 
 def _chain(exc: BaseException):
-    """The exception and its causes/contexts: a library error is often wrapped by the one we catch."""
+    """The exception and its explicit causes (`raise X from e`: a library error wrapped by another). Not
+    __context__: a bug raised while handling a user error must not be reported as that user error."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         yield exc
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__
 
 
 def _name(exc: BaseException) -> str:

@@ -55,8 +55,8 @@ def register(sub) -> None:
 
 def _pixel_args(p) -> None:
     p.add_argument("--min-pixels", type=positive_int, help="minimum pixels after resizing")
-    p.add_argument("--max-pixels", type=positive_int, help="maximum pixels after resizing (grounding works best around "
-                                                   "1024-2048 image tokens, i.e. 0.8-1.6M pixels)")
+    p.add_argument("--max-pixels", type=positive_int, help="maximum pixels after resizing (grounding works best "
+                                                           "around 1024-2048 image tokens, i.e. 0.8-1.6M pixels)")
 
 
 def _image_item(image, args) -> dict:
