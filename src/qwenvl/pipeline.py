@@ -112,21 +112,25 @@ class Pipeline:
         results = self._run(conversations, params)
         return results if batched else results[0]
 
-    def stream(self, messages: list, params: SamplingParams | None = None, **sampling):
+    def stream(self, messages: list, params: SamplingParams | None = None, on_token=None, **sampling):
         """Yield text deltas of one conversation's answer as they are produced. The generator's return
-        value (StopIteration.value, or `yield from`) is the full ChatResult."""
+        value (StopIteration.value, or `yield from`) is the full ChatResult. on_token(n), if given, is
+        called with the number of tokens generated so far after each step (the first call marks the
+        end of the vision tower and prefill), text or not."""
         params = self.sampling_params(params, **sampling)
         holder: list[ChatResult] = []
-        yield from self._stream_one(messages, params, holder)
+        yield from self._stream_one(messages, params, holder, on_token)
         return holder[0]
 
-    def _stream_one(self, messages, params, holder):
+    def _stream_one(self, messages, params, holder, on_token=None):
         seq, media = self.sequence(messages, params)
         engine = Engine(self.model, max_batch=1, max_len=self._max_len([seq]), compile=self.compile,
                         prefix_cache=self.prefix_cache)
         text = TextTracker(self.processor.tokenizer, params.stop)
         start = time.perf_counter()
         for s, _ in generate(engine, [seq]):
+            if on_token is not None:
+                on_token(len(s.output_ids))
             delta = text.update(s.output_ids)
             if text.stopped:
                 s.finish("stop")

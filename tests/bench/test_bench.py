@@ -54,3 +54,18 @@ def test_truncated_preset_keeps_a_full_attention_block():
     cfg = preset_config("3b", vision_depth=4, text_layers=2)
     assert cfg.vision.depth == 4 and cfg.vision.fullatt_block_indexes == (3,)
     assert cfg.text.num_hidden_layers == 2
+
+
+def test_greedy_verdict_says_what_is_expected():
+    from qwenvl.bench.inference import greedy_verdict
+
+    def report(first, dtype="bfloat16", compute="bfloat16", random=True):
+        return {"summary": {"greedy_first_difference": first, "greedy_tokens_equal": "10/17"}, "dtype": dtype,
+                "compute_dtype": compute, "random_weights": random}
+    assert "identical" in greedy_verdict(report(None))
+    v = greedy_verdict(report(10))
+    assert "expected" in v and "random weights" in v and "bfloat16" in v and "token 10" in v
+    assert "A real problem" in v
+    # float32 weights and compute, a real checkpoint, a difference at the first token: a bug to report
+    v = greedy_verdict(report(0, "float32", "float32", random=False))
+    assert "NOT expected" in v and "report it" in v

@@ -113,8 +113,12 @@ def test_time_spans():
     assert parse_span("The event happens in the 24.3 - 30.4 seconds.")[0] == (24.3, 30.4)
     assert parse_span("from 1:05 to 1:20")[0] == (65.0, 80.0)
     # "to" inside words must not become a separator
-    assert parse_span("The person at the bottom of the stairs: 3.5 to 7.0")[0] == (3.5, 7.0)
-    assert parse_span("ends at 9, starts at 4")[0] == (4.0, 9.0)
-    assert parse_span("no times")[0] is None
+    assert parse_span("The person at the bottom of the stairs: 3.5 to 7.0 seconds") == ((3.5, 7.0), "span:seconds")
+    assert parse_span("ends at 9, starts at 4") == ((4.0, 9.0), "span:start-end")
+    assert parse_span("from 1:05 to 1:20")[1] == "span:clock"
+    assert parse_span("no times") == (None, "unparsed")
+    # numbers that are not a span are not read as one (they used to score as the span (3, 7))
+    assert parse_span("I saw 3 dogs and 7 cats") == (None, "unparsed")
+    assert parse_span("The person: 3.5 to 7.0 people") == (None, "unparsed")
     assert temporal_iou((0, 10), (5, 15)) == pytest.approx(5 / 15)
     assert temporal_iou((0, 1), (2, 3)) == 0.0

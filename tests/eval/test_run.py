@@ -30,6 +30,7 @@ def install(monkeypatch, pipe):
         seen.update(path=path, dtype=dtype, device=device, quantize=quantize, compile=compile)
         return pipe
     monkeypatch.setattr(qwenvl, "load", load)
+    monkeypatch.setattr("qwenvl.cli.eval.check_model", lambda model: model)   # "ckpt" is not a real folder
     return seen
 
 

@@ -63,3 +63,31 @@ def test_bench_serve_reports_levels(pipe, tmp_path, capsys):
     import json
     rows = json.loads((tmp_path / "out.json").read_text())
     assert [r["concurrency"] for r in rows] == [1, 4] and all(r["tokens"] == 16 for r in rows)
+
+
+def test_bench_serve_takes_an_openai_base_url(pipe, capsys):
+    """`--url http://host:port/v1`, as OpenAI clients take it, reaches the same server (not /v1/v1/...)."""
+    from qwenvl.cli.main import main
+
+    with running_server(pipe, max_batch=2) as (base, _, _):
+        assert main(["bench-serve", "--url", base + "/v1/", "--concurrency", "1", "--requests", "2",
+                     "--max-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "\n| 1 | 2 | 0 |" in out
+
+
+def test_bench_serve_failures_are_one_line(pipe, capsys):
+    from qwenvl.cli.main import main
+
+    with running_server(pipe, max_batch=2, api_key="secret") as (base, _, _):
+        # no key: /v1/models answers 401
+        assert main(["bench-serve", "--url", base, "--concurrency", "1", "--requests", "1", "--max-tokens", "2"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "HTTP 401" in err[0] and "Traceback" not in err[0]
+        # a model given, so the requests themselves fail: counted, listed, then one line
+        assert main(["bench-serve", "--url", base, "--model", "m", "--concurrency", "1", "--requests", "1",
+                     "--max-tokens", "2"]) == 1
+        captured = capsys.readouterr()
+        assert "| 1 | 1 | 1 |" in captured.out
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and "requests to" in err[0] and "--api-key" in err[0]

@@ -8,15 +8,28 @@ from PIL import Image
 import qwenvl
 from qwenvl.cli.main import main
 from qwenvl.processing import smart_resize
-from task_fakes import FakePipe, media_info
+from task_fakes import FakePipe, media_info, write_video
+
+
+def fake_checkpoint(folder):
+    """A folder that passes the CLI's checks before loading (config.json, a complete .safetensors)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    save_file({"w": np.zeros(4, np.float32)}, str(folder / "model.safetensors"))
+    return str(folder)
 
 
 @pytest.fixture
-def fake_load(monkeypatch):
+def fake_load(monkeypatch, tmp_path):
+    default = fake_checkpoint(tmp_path / "fake-default")
+
     def install(pipe):
         loaded = []
         monkeypatch.setattr(qwenvl, "load", lambda path, **kw: loaded.append((path, kw)) or pipe, raising=False)
-        monkeypatch.setattr(qwenvl, "DEFAULT_MODEL", "fake-default", raising=False)
+        monkeypatch.setattr(qwenvl, "DEFAULT_MODEL", default, raising=False)
         return loaded
     return install
 
@@ -35,7 +48,7 @@ def test_ground(tmp_path, capsys, fake_load):
     loaded = fake_load(pipe)
     save = tmp_path / "out.png"
     rc, out, _ = run(capsys, ["ground", str(path), "the dog", "--save", str(save), "--max-pixels", "1003520"])
-    assert rc == 0 and loaded[0][0] == "fake-default"
+    assert rc == 0 and loaded[0][0].endswith("fake-default")
     data = json.loads(out)
     assert data["input_size"] == [644, 420] and data["image_size"] == [640, 428]
     (det,) = data["detections"]
@@ -52,7 +65,7 @@ def test_ground_points_and_fallback_size(tmp_path, capsys, fake_load):
     path = tmp_path / "img.png"
     Image.new("RGB", (1000, 500), "white").save(path)
     fake_load(FakePipe(['<points x1="100" y1="50" alt="cup">cup</points>']))        # no media info
-    rc, out, _ = run(capsys, ["ground", str(path), "the cup", "--points", "--model", "m"])
+    rc, out, _ = run(capsys, ["ground", str(path), "the cup", "--points", "--model", fake_checkpoint(tmp_path / "m")])
     data = json.loads(out)
     h, w = smart_resize(500, 1000, min_pixels=4 * 28 * 28, max_pixels=1280 * 28 * 28)
     assert data["input_size"] == [w, h]
@@ -96,8 +109,7 @@ def test_parse_doc_pdf_one_result_per_page(tmp_path, capsys, fake_load):
 
 
 def test_locate(tmp_path, capsys, fake_load):
-    video = tmp_path / "v.mp4"
-    video.write_bytes(b"not decoded by the fake pipe")
+    video = write_video(tmp_path / "v.mp4")
     pipe = FakePipe(["The given query happens in 64.0 - 72.0 seconds."],
                     media=[media_info("video", (640, 360), (644, 364), fps=2.0, num_frames=200)])
     fake_load(pipe)
@@ -110,9 +122,21 @@ def test_locate(tmp_path, capsys, fake_load):
 
 def test_missing_file_and_missing_model(tmp_path, capsys, monkeypatch):
     rc, _, err = run(capsys, ["ground", str(tmp_path / "nope.png"), "x"])
-    assert rc == 1 and "no such image" in err
+    assert rc == 1 and "nope.png: no such file" in err
     path = tmp_path / "img.png"
     Image.new("RGB", (10, 10)).save(path)
     monkeypatch.delattr(qwenvl, "DEFAULT_MODEL", raising=False)
     rc, _, err = run(capsys, ["ground", str(path), "x"])
     assert rc == 1 and "model" in err
+
+
+@pytest.mark.parametrize("answer", ["I saw 3 dogs and 7 cats", "Lorem ipsum 5 dolor 5."])
+def test_locate_reports_no_span(tmp_path, capsys, fake_load, answer):
+    """An answer without an explicit span gives nulls and exit status 3, never a made-up span."""
+    video = write_video(tmp_path / "v.mp4")
+    fake_load(FakePipe([answer]))
+    rc, out, err = run(capsys, ["locate", str(video), "the dog jumps"])
+    data = json.loads(out)
+    assert rc == 3 and data["start"] is None and data["end"] is None and data["rule"] is None
+    assert data["raw"] == answer and "no time span" in data["warnings"][0]
+    assert err.count("\n") == 1 and "no time span" in err

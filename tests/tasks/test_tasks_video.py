@@ -2,7 +2,8 @@
 
 import pytest
 
-from qwenvl.tasks import format_timestamp, parse_events, parse_time_span, parse_timestamp, temporal_grounding_prompt
+from qwenvl.tasks import (find_time_span, format_timestamp, parse_events, parse_time_span, parse_timestamp,
+                          temporal_grounding_prompt)
 
 
 @pytest.mark.parametrize("text, span", [
@@ -63,3 +64,31 @@ def test_prompt():
     assert temporal_grounding_prompt("seasoning the steak") == ("Give the query: 'seasoning the steak', when does "
                                                                 "the described content occur in the video?")
     assert temporal_grounding_prompt("x", mmss=True).endswith("Use 'mm:ss.ff' as time format.")
+
+
+@pytest.mark.parametrize("text, span, rule", [
+    ("The given query happens in 64.0 - 72.0 seconds.", (64.0, 72.0), "seconds"),
+    ("The event happens in the 24.3 - 30.4 seonds.", (24.3, 30.4), "seconds"),       # the Charades prompt's typo
+    ("3-5 s", (3.0, 5.0), "seconds"),
+    ("from 3 to 5 (seconds)", (3.0, 5.0), "from-to"),
+    ("It happens from 3 to 5.", (3.0, 5.0), "from-to"),
+    ("The event happens in 24.3 - 30.4.", (24.3, 30.4), "from-to"),
+    ("00:12-00:15", (12.0, 15.0), "clock"),
+    ("1:02.5 to 1:10", (62.5, 70.0), "clock"),
+    ("It starts at 4 and ends at 9.", (4.0, 9.0), "start-end"),
+])
+def test_explicit_span_forms(text, span, rule):
+    found = find_time_span(text)
+    assert (found.start, found.end) == pytest.approx(span) and found.rule == rule
+
+
+@pytest.mark.parametrize("text", [
+    "I saw 3 dogs and 7 cats",                 # two numbers are not a span (this used to give (3, 7))
+    "from 3 to 5 dogs",                        # a range of something else
+    "In 2019-2020 the company grew.",
+    "Lorem ipsum 5 dolor sit 5 amet.",         # random text (this used to give (5, 5))
+    "There are 12 people and 4 cars, 3 to 4 of them red",
+    "The video shows a man cooking.",
+])
+def test_not_a_span(text):
+    assert find_time_span(text) is None and parse_time_span(text) is None

@@ -41,15 +41,27 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from qwenvl.bench.inference import format_table, run as bench
 
-    args.video_frames = [int(v) for v in args.video_frames.split(",") if v.strip()] if args.video_frames else []
+    from .errors import CLIError
+    from .inputs import check_device, check_model
+
+    try:
+        args.video_frames = [int(v) for v in args.video_frames.split(",") if v.strip()] if args.video_frames else []
+    except ValueError:
+        raise CLIError(f"--video-frames {args.video_frames}: expected comma-separated frame counts, "
+                       "e.g. 8,32") from None
     if args.decode_tokens < 0:
-        raise ValueError("--decode-tokens must be >= 0")
+        raise CLIError("--decode-tokens must be >= 0")
+    if args.model:
+        check_model(args.model)
+    check_device(args.device)
     args.argv = sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "bench" else []
     start = time.perf_counter()
     step = [0]
 
     def progress(msg: str) -> None:
         step[0] += 1
+        if args.quiet:     # a log of the steps, not a redrawn bar: kept when stderr is a file
+            return
         print(f"[bench {time.perf_counter() - start:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
     result = bench(args, progress)

@@ -6,6 +6,9 @@ import logging
 import os
 
 from .chat import add_engine_args
+from .errors import CLIError
+from .inputs import check_device, check_image, check_model
+from .progress import Progress, wanted
 
 
 def register(sub) -> None:
@@ -102,6 +105,8 @@ def run_serve(args) -> int:
     from ..serve.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_model(args.model)
+    check_device(args.device)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -124,7 +129,51 @@ def run_serve(args) -> int:
     return 0 if server.started else 1
 
 
+def base_url(url: str) -> str:
+    """The server's root: an OpenAI-style base URL (".../v1", as clients take it) works too."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise CLIError(f"--url {url}: expected http://HOST:PORT (the server's address)")
+    base = url.rstrip("/")
+    for tail in ("/chat/completions", "/v1"):
+        if base.endswith(tail):
+            base = base[: -len(tail)]
+    return base
+
+
 def run_bench(args) -> int:
     from ..serve.loadtest import main
-    return main(args)
+
+    args.url = base_url(args.url)
+    try:
+        levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
+    except ValueError:
+        raise CLIError(f"--concurrency {args.concurrency}: expected comma-separated integers, e.g. 1,4,16") from None
+    if not levels or min(levels) < 1:
+        raise CLIError(f"--concurrency {args.concurrency}: every level must be >= 1")
+    for name in ("requests", "max_tokens"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.image:
+        check_image(args.image, "--image")
+    progress = Progress(wanted(args))
+    bars = {}
+
+    def on_done(concurrency: int, result: dict) -> None:
+        if concurrency not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[concurrency] = progress.counter(f"concurrency {concurrency}", "req", total=args.requests)
+        bars[concurrency].update(1)
+    try:
+        rc = main(args, on_done)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if rc:
+        raise CLIError(f"some requests to {args.url} failed (the errors are listed above): check --model, --api-key "
+                       "and the server's log")
+    return 0
 

@@ -10,7 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-from .chat import add_model_args, load_pipeline
+from .chat import add_model_args, check_pixels, load_pipeline
+from .errors import CLIError, one_line
+from .inputs import check_image, check_video, positive_float, positive_int
+from .progress import Progress, generate, wanted
 
 SYSTEM = "You are a helpful assistant."
 
@@ -24,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--points", action="store_true", help="ask for points instead of boxes")
     p.add_argument("--save", metavar="PNG", help="draw the results on the image and save it here")
     _pixel_args(p)
-    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--max-new-tokens", type=positive_int, default=1024)
     p.set_defaults(func=run_ground)
 
     p = sub.add_parser("parse-doc", help="parse a document image or PDF (QwenVL HTML) into blocks",
@@ -33,26 +36,27 @@ def register(sub) -> None:
     p.add_argument("file", help="image or PDF path")
     p.add_argument("--format", choices=["html", "markdown", "json"], default="json")
     p.add_argument("--save", metavar="PNG", help="draw the blocks on the page (PDF: NAME-pageN.png per page)")
-    p.add_argument("--dpi", type=float, default=144.0, help="PDF render resolution (default 144)")
+    p.add_argument("--dpi", type=positive_float, default=144.0, help="PDF render resolution (default 144)")
     _pixel_args(p)
-    p.add_argument("--max-new-tokens", type=int, default=4096)
+    p.add_argument("--max-new-tokens", type=positive_int, default=4096)
     p.set_defaults(func=run_parse_doc)
 
     p = sub.add_parser("locate", help="when does something happen in a video (start/end seconds)",
-                       description="Temporal grounding: prints the span in seconds.")
+                       description="Temporal grounding: prints the span in seconds. When the answer states no "
+                                   "explicit span, start and end are null and the exit status is 3.")
     add_model_args(p)
     p.add_argument("video", help="video path")
     p.add_argument("query", help="the event to find")
-    p.add_argument("--fps", type=float, help="sampling fps (default 2.0)")
-    p.add_argument("--max-pixels", type=int, help="per-frame maximum pixels")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--fps", type=positive_float, help="sampling fps (default 2.0)")
+    p.add_argument("--max-pixels", type=positive_int, help="per-frame maximum pixels")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
     p.set_defaults(func=run_locate)
 
 
 def _pixel_args(p) -> None:
-    p.add_argument("--min-pixels", type=int, help="minimum pixels after resizing")
-    p.add_argument("--max-pixels", type=int, help="maximum pixels after resizing (grounding works best around "
-                                                   "1024-2048 image tokens, i.e. 0.8-1.6M pixels)")
+    p.add_argument("--min-pixels", type=positive_int, help="minimum pixels after resizing")
+    p.add_argument("--max-pixels", type=positive_int, help="maximum pixels after resizing (grounding works best "
+                                                           "around 1024-2048 image tokens, i.e. 0.8-1.6M pixels)")
 
 
 def _image_item(image, args) -> dict:
@@ -82,20 +86,27 @@ def _print(obj) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
+def _check_save(path) -> None:
+    if path and not Path(path).expanduser().parent.is_dir():
+        raise CLIError(f"--save {path}: the folder {Path(path).parent} does not exist")
+
+
 def run_ground(args) -> int:
     from PIL import Image
 
-    from qwenvl.tasks import draw_detections, grounding_prompt, parse_boxes
-
+    check_image(args.image)
+    check_pixels(args)
+    _check_save(args.save)
+    progress = Progress(wanted(args))
+    with progress.step("starting (importing torch)"):     # seconds on a busy machine
+        from qwenvl.tasks import draw_detections, grounding_prompt, parse_boxes
     path = Path(args.image)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such image")
     image = Image.open(path)
-    pipe = load_pipeline(args)
+    pipe = load_pipeline(args, progress)
     prompt = grounding_prompt(args.query, points=args.points)
     messages = [{"role": "system", "content": SYSTEM},
                 {"role": "user", "content": [{"type": "text", "text": prompt}, _image_item(str(path), args)]}]
-    result = pipe.chat(messages, max_new_tokens=args.max_new_tokens, temperature=0)
+    result = generate(pipe, messages, progress, max_new_tokens=args.max_new_tokens, temperature=0)
     original, input_size = _sizes(result, image.size, pipe, args)
     dets = parse_boxes(result.text, input_size=input_size, image_size=original)
     if args.save:
@@ -107,33 +118,48 @@ def run_ground(args) -> int:
 
 
 def render_pages(path: Path, dpi: float = 144.0) -> list:
-    """Document pages as RGB PIL images: every page of a PDF (pypdfium2), or the image itself."""
+    """Document pages as RGB PIL images: every page of a PDF (pypdfium2), or the image itself. A file that
+    does not open is a CLIError naming it (before any model is loaded)."""
     if path.suffix.lower() == ".pdf":
-        import pypdfium2 as pdfium
-
-        pdf = pdfium.PdfDocument(str(path))
         try:
+            import pypdfium2 as pdfium
+        except ImportError:
+            raise CLIError(f"{path}: reading PDFs needs pypdfium2: pip install 'qwenvl[docs]'") from None
+        try:
+            pdf = pdfium.PdfDocument(str(path))
+        except pdfium.PdfiumError as e:
+            raise CLIError(f"{path}: not a readable PDF ({one_line(e, 120)}); is it complete and "
+                           "unencrypted?") from None
+        try:
+            if len(pdf) == 0:
+                raise CLIError(f"{path}: the PDF has no pages")
             return [pdf[i].render(scale=dpi / 72.0).to_pil().convert("RGB") for i in range(len(pdf))]
         finally:
             pdf.close()
     from PIL import Image
 
+    check_image(path, "document")
     return [Image.open(path).convert("RGB")]
 
 
 def run_parse_doc(args) -> int:
-    from qwenvl.tasks import DOC_PROMPT, draw_document, parse_document
-
     path = Path(args.file)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    pages = render_pages(path, args.dpi)
-    pipe = load_pipeline(args)
+        raise CLIError(f"{path}: no such file")
+    check_pixels(args)
+    _check_save(args.save)
+    progress = Progress(wanted(args))
+    with progress.step(f"reading {path.name}"):
+        pages = render_pages(path, args.dpi)
+    with progress.step("starting (importing torch)"):
+        from qwenvl.tasks import DOC_PROMPT, draw_document, parse_document
+    pipe = load_pipeline(args, progress)
     out = []
     for n, page in enumerate(pages, 1):
         messages = [{"role": "system", "content": SYSTEM},
                     {"role": "user", "content": [{"type": "text", "text": DOC_PROMPT}, _image_item(page, args)]}]
-        result = pipe.chat(messages, max_new_tokens=args.max_new_tokens, temperature=0)
+        result = generate(pipe, messages, progress, desc=f"page {n}/{len(pages)}",
+                          max_new_tokens=args.max_new_tokens, temperature=0)
         original, input_size = _sizes(result, page.size, pipe, args)
         doc = parse_document(result.text, input_size=input_size, image_size=original)
         entry = {"page": n, "image_size": list(original), "input_size": list(input_size), "warnings": doc.warnings}
@@ -154,13 +180,16 @@ def run_parse_doc(args) -> int:
     return 0
 
 
-def run_locate(args) -> int:
-    from qwenvl.tasks import parse_time_span, temporal_grounding_prompt
+NO_SPAN = 3   # exit status of `locate` when the answer states no time span (the JSON still comes, with nulls)
 
+
+def run_locate(args) -> int:
+    check_video(args.video)
     path = Path(args.video)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such video")
-    pipe = load_pipeline(args)
+    progress = Progress(wanted(args))
+    with progress.step("starting (importing torch)"):
+        from qwenvl.tasks import find_time_span, temporal_grounding_prompt
+    pipe = load_pipeline(args, progress)
     item = {"type": "video", "video": str(path)}
     if args.fps:
         item["fps"] = args.fps
@@ -168,12 +197,16 @@ def run_locate(args) -> int:
         item["max_pixels"] = args.max_pixels
     messages = [{"role": "system", "content": SYSTEM},
                 {"role": "user", "content": [{"type": "text", "text": temporal_grounding_prompt(args.query)}, item]}]
-    result = pipe.chat(messages, max_new_tokens=args.max_new_tokens, temperature=0)
-    span = parse_time_span(result.text)
+    result = generate(pipe, messages, progress, max_new_tokens=args.max_new_tokens, temperature=0)
+    span = find_time_span(result.text)
     media = getattr(result, "media", None) or []
     info = media[0] if media else None
-    _print({"video": str(path), "query": args.query, "start": span[0] if span else None,
-            "end": span[1] if span else None, "fps": getattr(info, "fps", None),
-            "num_frames": getattr(info, "num_frames", None), "raw": result.text,
-            "warnings": [] if span else ["no time span found in the model output"]})
+    warnings = [] if span else ["no time span in the model's answer (expected a form like '12.5 - 17.0 seconds', "
+                                "'from 12.5 to 17 seconds' or '00:12 - 00:17'); start and end are null"]
+    _print({"video": str(path), "query": args.query, "start": span.start if span else None,
+            "end": span.end if span else None, "rule": span.rule if span else None, "fps": getattr(info, "fps", None),
+            "num_frames": getattr(info, "num_frames", None), "raw": result.text, "warnings": warnings})
+    if not span:
+        print(f"qwenvl locate: {warnings[0]}", file=sys.stderr)
+        return NO_SPAN
     return 0

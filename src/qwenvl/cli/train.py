@@ -10,9 +10,11 @@ import dataclasses
 import json
 
 
-def register(sub) -> None:
-    from ..train.setup import STAGES
+# train.setup.STAGES' names, spelled out so that `--help` need not import torch (tests/cli check they agree).
+STAGES = ("vision", "multimodal", "long", "sft", "dpo")
 
+
+def register(sub) -> None:
     p = sub.add_parser("train", help="train a model (stages: " + ", ".join(STAGES) + ")",
                        description="Train on JSONL conversations (qwen-vl-finetune or messages format) or "
                        "preference records (dpo). The result is exported to OUT/final in the Hugging Face layout. "
@@ -83,6 +85,9 @@ def argparse_bool():
 
 def run(args) -> int:
     from ..train.loop import TrainConfig, train
+    from .inputs import check_device
+
+    check_device(args.device)
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     kw = {k: v for k, v in vars(args).items() if k in fields}

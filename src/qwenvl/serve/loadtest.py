@@ -13,7 +13,7 @@ reports that turn's TTFT and cached prompt tokens next to the first's.
 
 from __future__ import annotations
 
-import asyncio
+# asyncio is imported where it runs: `qwenvl --help` builds this command's parser and should not pay for it.
 import base64
 import io
 import json
@@ -21,7 +21,8 @@ import time
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (without /v1)")
+    p.add_argument("--url", default="http://127.0.0.1:8000",
+                   help="server address, e.g. http://127.0.0.1:8000 (an OpenAI-style .../v1 base URL works too)")
     p.add_argument("--model", help="model id to send (default: the first of /v1/models)")
     p.add_argument("--api-key", help="bearer token, if the server needs one")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrency levels (default 1,4,16)")
@@ -112,7 +113,7 @@ def with_image(body: dict, uri: str | None) -> dict:
     return {**body, "messages": [{**msg, "content": content}]}
 
 
-async def run_level(client, url: str, body: dict, concurrency: int, total: int, args=None) -> dict:
+async def run_level(client, url: str, body: dict, concurrency: int, total: int, args=None, on_done=None) -> dict:
     results: list[dict] = []
     second: list[dict] = []
     counter = iter(range(total))
@@ -124,12 +125,16 @@ async def run_level(client, url: str, body: dict, concurrency: int, total: int, 
                 b = with_image(body, image_data_uri(args, seed=1000 * concurrency + i + 1))
             r = await one_request(client, url, b)
             results.append(r)
+            if on_done:
+                on_done(concurrency, r)
             if args is not None and args.second_turn and r["ok"]:
                 follow = b["messages"] + [{"role": "assistant", "content": r["text"]},
                                           {"role": "user", "content": "Say more about it."}]
                 second.append(await one_request(client, url, {**b, "messages": follow}))
 
     start = time.perf_counter()
+    import asyncio
+
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - start
     ok = [r for r in results if r["ok"]]
@@ -153,7 +158,8 @@ async def run_level(client, url: str, body: dict, concurrency: int, total: int, 
     return row
 
 
-async def bench(args) -> list[dict]:
+async def bench(args, on_done=None) -> list[dict]:
+    """One row per concurrency level; on_done(concurrency, result), if given, after every request."""
     import httpx
 
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
@@ -181,7 +187,7 @@ async def bench(args) -> list[dict]:
         if args.second_turn:
             warm = {**body, "messages": [{"role": "user", "content": [{"type": "text", "text": args.prompt}]}]}
         await one_request(client, url, warm)
-        return [await run_level(client, url, body, c, args.requests, args) for c in levels]
+        return [await run_level(client, url, body, c, args.requests, args, on_done) for c in levels]
 
 
 def format_table(rows: list[dict]) -> str:
@@ -201,10 +207,12 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(args) -> int:
+def main(args, on_done=None) -> int:
     if args.requests < 1:
         raise ValueError("--requests must be >= 1")
-    rows = asyncio.run(bench(args))
+    import asyncio
+
+    rows = asyncio.run(bench(args, on_done))
     print(format_table(rows))
     for r in rows:
         if r["errors"]:

@@ -14,11 +14,12 @@ from .document import DOC_PROMPT, DOC_SYSTEM, Block, Document, parse_document
 from .draw import draw_actions, draw_detections, draw_document
 from .grounding import Detection, Detections, detect_prompt, grounding_prompt, parse_boxes, to_input_coords
 from .tools import computer_use_tool, mobile_use_tool, screen_input_size, tool_system_prompt
-from .video import (DENSE_CAPTION_PROMPT, Event, Events, format_timestamp, parse_events, parse_time_span,
-                    parse_timestamp, temporal_grounding_prompt)
+from .video import (DENSE_CAPTION_PROMPT, Event, Events, TimeSpan, find_time_span, format_timestamp, parse_events,
+                    parse_time_span, parse_timestamp, temporal_grounding_prompt)
 
 __all__ = [
-    "parse_boxes", "parse_document", "parse_time_span", "parse_tool_calls", "parse_events", "parse_timestamp",
+    "parse_boxes", "parse_document", "parse_time_span", "find_time_span", "TimeSpan", "parse_tool_calls",
+    "parse_events", "parse_timestamp",
     "Detection", "Detections", "Block", "Document", "Event", "Events", "Action", "ToolCalls",
     "Environment", "Step", "Transcript", "run_agent", "agent_messages",
     "mobile_use_tool", "computer_use_tool", "tool_system_prompt", "screen_input_size",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ._json import find_json_values
 
@@ -23,12 +24,24 @@ def temporal_grounding_prompt(query: str, *, mmss: bool = False) -> str:
     return GROUNDING_PROMPT.format(query=query) + (TIME_FORMAT_SUFFIX if mmss else "")
 
 
-# A time: [hh:]mm:ss[.ff] or plain seconds, optionally followed by a unit.
+# A time: [hh:]mm:ss[.ff] or plain seconds, optionally followed by a unit. "seonds" is the typo of the
+# Charades-STA prompt, which models copy.
 _TIME = r"(?:\d+:)?\d+:\d+(?:\.\d+)?|\d+(?:\.\d+)?"
-_UNIT = r"(?:\s*(?:s|sec|secs|second|seconds|秒)\b)?"
-_SEP = r"\s*(?:-|–|—|~|～|〜|to|until|till|and|至|到)\s*"
-_SPAN = re.compile(rf"(?<![\d:.])({_TIME}){_UNIT}{_SEP}({_TIME}){_UNIT}", re.I)
-_ANY_TIME = re.compile(rf"(?<![\d:.\w])({_TIME})(?![\d:])")
+_UNIT = r"\s*(?:s|sec|secs|second|seconds|seonds|秒)\b"
+_WORD_SEP = r"to|until|till|and|through"
+_SEP = rf"\s*(?:-|–|—|~|～|〜|至|到|(?:{_WORD_SEP})\b)\s*"
+# A candidate span: an optional lead word, two times, their optional units. Whether it counts is decided
+# in find_time_span, so that "I saw 3 dogs and 7 cats" is not read as a span.
+_CANDIDATE = re.compile(
+    rf"(?:\b(?P<lead>from|between|in|at|during)\s+(?:the\s+)?(?:about\s+|around\s+)?)?"
+    rf"(?<![\d:.])(?P<a>{_TIME})(?!\d|[:.]\d)(?P<ua>{_UNIT})?(?P<sep>{_SEP})"
+    rf"(?P<b>{_TIME})(?!\d|[:.]\d)(?P<ub>{_UNIT})?", re.I)
+_AT = r"(?:about\s+|around\s+)?"
+_START_AT = rf"\bstart(?:s|ed|ing)?\s+(?:at\s+|from\s+|in\s+)?{_AT}(?P<a>{_TIME})(?!\d|[:.]\d)(?:{_UNIT})?"
+_END_AT = rf"\bend(?:s|ed|ing)?\s+(?:at\s+|in\s+|by\s+)?{_AT}(?P<b>{_TIME})(?!\d|[:.]\d)(?:{_UNIT})?"
+_START_END = re.compile(rf"{_START_AT}.*?{_END_AT}", re.I | re.S)
+_END_START = re.compile(rf"{_END_AT}.*?{_START_AT}", re.I | re.S)     # "ends at 9, starts at 4"
+_WORD_AFTER = re.compile(r"\s*[^\W\d_]", re.U)     # "from 3 to 5 dogs": a word right after the span
 
 
 def parse_timestamp(value) -> float | None:
@@ -37,7 +50,7 @@ def parse_timestamp(value) -> float | None:
         return None
     if isinstance(value, (int, float)):
         return float(value)
-    m = re.fullmatch(rf"\s*({_TIME}){_UNIT}\s*", str(value), re.I)
+    m = re.fullmatch(rf"\s*({_TIME})(?:{_UNIT})?\s*", str(value), re.I)
     if not m:
         return None
     parts = m.group(1).split(":")
@@ -47,26 +60,60 @@ def parse_timestamp(value) -> float | None:
     return seconds
 
 
-def parse_time_span(text: str) -> tuple[float, float] | None:
-    """The first time span in `text` as (start_s, end_s), start <= end; None if there is none.
+class TimeSpan(NamedTuple):
+    start: float
+    end: float
+    rule: str                 # which form was read: "clock", "seconds", "from-to", "start-end"
+    where: tuple[int, int]    # its position in the text
 
-    Handles "64.0 - 72.0 seconds", "from 3 to 5 seconds", "between 3s and 5s", "01:32.40 - 01:35.60",
-    hh:mm:ss(.ff), en dashes and "~". "to" only counts as a word (unlike harnesses that replace
-    every "to" and so break "bottom" or "tomato").
+
+def find_time_span(text: str) -> TimeSpan | None:
+    """The first EXPLICIT time span in `text`, start <= end, and the rule that read it; None if there is none.
+
+    Counted as spans (the forms Qwen2.5-VL answers in, and the usual variants):
+      clock      "01:32.40 - 01:35.60", "00:12-00:15", "1:02.5 to 1:10", "from 1:05 to 75 seconds"
+      seconds    a unit on a time: "64.0 - 72.0 seconds", "3-5 s", "from 3s to 5.5s", "between 12.5 and 14 seconds",
+                 "10秒 到 20秒"
+      from-to    "from 3 to 5", "happens in 24.3 - 30.4." (a lead word, and no other word right after: "from 3 to
+                 5 dogs" is not a span)
+      start-end  "starts at 4.2 seconds and ends at 9.8 seconds", "ends at 9, starts at 4"
+    "and" joins two times only after "between"; "to" only as a whole word ("bottom", "tomato"). Two numbers
+    that merely appear in a sentence ("I saw 3 dogs and 7 cats") are not a span: None, and the caller says so.
     """
     if not isinstance(text, str):
         return None
-    for m in _SPAN.finditer(text):
-        a, b = parse_timestamp(m.group(1)), parse_timestamp(m.group(2))
-        if a is not None and b is not None:
-            return (a, b) if a <= b else (b, a)
-    # Fallback: the first two times mentioned anywhere ("starts at 3.2s ... ends at 7s").
-    times = [parse_timestamp(m.group(1)) for m in _ANY_TIME.finditer(text)]
-    times = [t for t in times if t is not None]
-    if len(times) >= 2:
-        a, b = times[0], times[1]
-        return (a, b) if a <= b else (b, a)
+    for m in _CANDIDATE.finditer(text):
+        a, b = parse_timestamp(m.group("a")), parse_timestamp(m.group("b"))
+        if a is None or b is None:
+            continue
+        lead = (m.group("lead") or "").lower()
+        sep = m.group("sep").strip().lower()
+        if sep == "and" and lead != "between":
+            continue
+        clock_a, clock_b = ":" in m.group("a"), ":" in m.group("b")
+        unit = bool(m.group("ua") or m.group("ub"))
+        if clock_a and clock_b or (clock_a or clock_b) and unit:
+            rule = "clock"
+        elif unit:
+            rule = "seconds"
+        elif lead and not _WORD_AFTER.match(text, m.end()):
+            rule = "from-to"
+        else:
+            continue
+        return TimeSpan(min(a, b), max(a, b), rule, (m.start("a"), m.end()))
+    for pattern in (_START_END, _END_START):
+        m = pattern.search(text)
+        if m:
+            a, b = parse_timestamp(m.group("a")), parse_timestamp(m.group("b"))
+            if a is not None and b is not None:
+                return TimeSpan(min(a, b), max(a, b), "start-end", (m.start(), m.end()))
     return None
+
+
+def parse_time_span(text: str) -> tuple[float, float] | None:
+    """(start_s, end_s) of the first explicit time span in `text` (see find_time_span), else None."""
+    span = find_time_span(text)
+    return (span.start, span.end) if span else None
 
 
 @dataclass
@@ -109,12 +156,11 @@ def parse_events(text: str) -> Events:
     if not events:
         warnings = []
         for line in text.splitlines():
-            m = _SPAN.search(line)
-            if m:
-                a, b = parse_timestamp(m.group(1)), parse_timestamp(m.group(2))
-                desc = (line[:m.start()] + " " + line[m.end():]).strip(" :-–,.*\t")
-                if a is not None and b is not None:
-                    events.append(Event(min(a, b), max(a, b), desc))
+            span = find_time_span(line)
+            if span:
+                i, j = span.where
+                desc = (line[:i] + " " + line[j:]).strip(" :-–,.*\t")
+                events.append(Event(span.start, span.end, desc))
     if not events and text.strip():
         warnings.append("no timed events found in the model output")
     return Events(events, raw=text, warnings=warnings)
