@@ -36,7 +36,7 @@ def _need(ok: bool, name: str, what: str, value) -> None:
 def _positive_ints(obj, names: tuple[str, ...]) -> None:
     for n in names:
         v = getattr(obj, n)
-        _need(_is_int(v) and v > 0, n, "a positive integer", v)
+        _need(_is_int(v) and 0 < v < 2**31, n, "a positive integer", v)  # (below 2^31: a tensor size)
 
 
 def _positive_floats(obj, names: tuple[str, ...]) -> None:
@@ -44,6 +44,7 @@ def _positive_floats(obj, names: tuple[str, ...]) -> None:
         v = getattr(obj, n)
         _need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0, n,
               "a positive finite number", v)
+        object.__setattr__(obj, n, float(v))  # a JSON integer (10**20) would overflow torch's scalars
 
 
 @dataclass(frozen=True)
