@@ -238,9 +238,9 @@ def test_each_bad_record_kind_is_reported_as_file_and_line(tmp_path, capsys, kin
 
 
 def test_a_line_that_is_not_utf8_is_one_bad_record(tmp_path, capsys):
-    path = _write(tmp_path / "d.jsonl", [json.dumps(OK).encode(), b'{"messages": "\xff\xfe caf\xe9"}',
-                                         json.dumps(OK).encode(), b"\xef\xbb\xbf" + json.dumps(OK).encode()])
-    assert [r.where.rsplit(":", 1)[1] for r in read_records(path)] == ["1", "3", "4"]
+    path = _write(tmp_path / "d.jsonl", [b"\xef\xbb\xbf" + json.dumps(OK).encode(),  # a BOM opening the file is fine
+                                         b'{"messages": "\xff\xfe caf\xe9"}', json.dumps(OK).encode()])
+    assert [r.where.rsplit(":", 1)[1] for r in read_records(path)] == ["1", "3"]
     assert "d.jsonl:2: not UTF-8" in capsys.readouterr().err
     with pytest.raises(BadRecord, match=r"d\.jsonl:2: not UTF-8"):
         read_records(path, on_bad="fail")
@@ -287,3 +287,15 @@ def test_fuzzed_lines_are_records_or_file_line_reports(tmp_path, capsys):
     blank = {i for i, x in enumerate(lines, 1) if not x.strip()}
     assert kept | reported | blank == set(range(1, len(lines) + 1)) and not kept & reported
     assert len(reported) > 100 and len(kept) > 1
+
+
+def test_a_run_skips_or_stops_on_bad_records(tiny_ckpt, tmp_path, capfd):
+    lines = [json.dumps(OK).encode(), json.dumps(BAD["a message that is a string"]).encode(), b"\xff\xfe",
+             json.dumps(BAD["null content"]).encode(), json.dumps(OK).encode()]
+    data = _write(tmp_path / "d.jsonl", lines)
+    s = train(cfg(tiny_ckpt, data, tmp_path / "skip", max_steps=1, save_every=0))
+    assert s["steps"] == 1
+    err = capfd.readouterr().err
+    assert all(f"d.jsonl:{i}:" in err for i in (2, 3, 4))
+    with pytest.raises(BadRecord, match=r"d\.jsonl:2: messages\[0\] must be a message object"):
+        train(cfg(tiny_ckpt, data, tmp_path / "fail", max_steps=1, save_every=0, on_bad_record="fail"))
