@@ -57,7 +57,7 @@ def register(sub) -> None:
     a("--eval-batches", type=int, default=50)
     a("--save-every", type=int, default=0, help="write a resumable checkpoint every N steps")
     a("--keep", type=int, default=2, help="checkpoints kept")
-    a("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+    a("--resume", action="store_true", help="continue from OUT/checkpoints/latest, or the newest intact checkpoint")
     a("--seed", type=int, default=0)
     a("--device", help="default: cuda if available, else cpu")
     a("--no-progress", action="store_true")
