@@ -294,3 +294,15 @@ def test_patch_size_zero_no_longer_loads_then_divides_by_zero(ckpt):
     _write_config(ckpt, cfg)
     with pytest.raises(CheckpointError, match="patch_size"):
         qwenvl.load(ckpt)
+
+
+@pytest.mark.parametrize("field,value", [("patch_size", 0), ("patch_size", 16), ("merge_size", "2"),
+                                         ("max_pixels", -5)])
+def test_preprocessor_config_must_match_the_tower(ckpt, field, value):
+    f = ckpt / "preprocessor_config.json"
+    cfg = json.loads(f.read_text())
+    cfg[field] = value
+    f.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError) as e:
+        qwenvl.load(ckpt)
+    one_line(e, "preprocessor_config.json", field)

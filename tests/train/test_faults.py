@@ -299,3 +299,38 @@ def test_a_run_skips_or_stops_on_bad_records(tiny_ckpt, tmp_path, capfd):
     assert all(f"d.jsonl:{i}:" in err for i in (2, 3, 4))
     with pytest.raises(BadRecord, match=r"d\.jsonl:2: messages\[0\] must be a message object"):
         train(cfg(tiny_ckpt, data, tmp_path / "fail", max_steps=1, save_every=0, on_bad_record="fail"))
+
+
+def test_two_processes_fall_back_together_and_one_process_is_refused(tiny_ckpt, sft_data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from test_distributed import free_port
+
+    out = tmp_path / "two"
+    common = ["-m", "qwenvl.cli.main", "train", "--model", str(tiny_ckpt), "--data", str(sft_data), "--max-steps", "4",
+              "--lr", "3e-3", "--batch-size", "1", "--no-progress", "--fixed-fps", "--save-every", "2", "--keep", "3",
+              "--no-export", "--out", str(out)]
+
+    def torchrun(*extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), *common, *extra]
+        r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r
+
+    torchrun()
+    first = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
+    shard = sorted((out / "checkpoints" / "step-000004").glob("*.distcp"))[-1]  # the second rank's shard
+    shard.write_bytes(shard.read_bytes()[:100])
+    r = torchrun("--resume")
+    assert "step-000004" in r.stderr and "truncated" in r.stderr
+    again = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
+    assert [x["step"] for x in again] == [1, 2, 3, 4]
+    assert [x["loss"] for x in again] == pytest.approx([x["loss"] for x in first], rel=1e-5)
+
+    from qwenvl.cli.main import main
+    with pytest.raises(CheckpointError, match="written by 2 processes, this run has 1"):
+        train(cfg(tiny_ckpt, sft_data, out, max_steps=6, resume=True))
+    assert main(common[2:] + ["--resume", "--max-steps", "6"]) == 1  # the CLI says it in one line

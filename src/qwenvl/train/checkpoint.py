@@ -243,7 +243,9 @@ def resume(root: Path, model, optimizer, scheduler) -> tuple[int, dict, Path] | 
                 raise
             except (Exception, CheckpointException) as e:  # damage no manifest shows (older checkpoints, bit rot)
                 why = f"cannot be loaded ({_cause(e)})"
-            else:
+            if not _everyone(why is None):  # ranks must resume from the same step, or all fall back
+                why = why or "cannot be loaded on another rank"
+            if why is None:
                 if _rank() == 0:
                     for p in problems:
                         print(f"resume: skipped {p}", file=sys.stderr)
@@ -251,6 +253,16 @@ def resume(root: Path, model, optimizer, scheduler) -> tuple[int, dict, Path] | 
         problems.append(f"{path.name}: {why}")
     raise CheckpointError(f"--resume: no intact checkpoint in {root} ({'; '.join(problems)}); nothing was "
                           "changed. Repair or remove the damaged folders, or use another --out")
+
+
+def _everyone(ok: bool) -> bool:
+    """True on every rank iff `ok` on every rank."""
+    if not dist.is_initialized():
+        return ok
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([int(ok)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
 
 
 def _cause(e: BaseException) -> str:
