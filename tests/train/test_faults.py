@@ -15,7 +15,7 @@ from qwenvl.train import checkpoint as ckpt
 from qwenvl.train.data import BadRecord, read_records
 from qwenvl.train.loop import TrainConfig, train
 
-from train_util import write_images, write_jsonl
+from train_util import write_images
 
 KW = dict(batch_size=2, chunk=4, save_every=2, keep=3, progress=False, export=False, fps_range=None, lr=3e-3)
 
