@@ -334,3 +334,21 @@ def test_two_processes_fall_back_together_and_one_process_is_refused(tiny_ckpt, 
     with pytest.raises(CheckpointError, match="written by 2 processes, this run has 1"):
         train(cfg(tiny_ckpt, sft_data, out, max_steps=6, resume=True))
     assert main(common[2:] + ["--resume", "--max-steps", "6"]) == 1  # the CLI says it in one line
+
+
+@pytest.mark.parametrize("standin", [".old-", ".tmp-"])
+def test_a_save_killed_between_its_renames_loses_nothing(tiny_ckpt, sft_data, done4, full, standin, capfd):
+    """Killed after step-4 was moved aside (.old-) or before the new copy was renamed in (.tmp-, complete
+    with its manifest): step 4 is still found, restored in place, and resumed from."""
+    root = done4 / "checkpoints"
+    (root / "step-000004").rename(root / f"{standin}step-000004")
+    assert resume(tiny_ckpt, sft_data, done4) == pytest.approx(full[4:], rel=1e-6)
+    assert f"{standin}step-000004 restored as step-000004" in capfd.readouterr().err
+    assert not (root / f"{standin}step-000004").exists()
+
+
+def test_an_unfinished_tmp_folder_is_never_resumed_from(tiny_ckpt, sft_data, done4, full):
+    root = done4 / "checkpoints"
+    shutil.copytree(root / "step-000004", root / ".tmp-step-000006")
+    (root / ".tmp-step-000006" / "manifest.json").unlink()  # killed before the manifest: incomplete
+    assert resume(tiny_ckpt, sft_data, done4) == pytest.approx(full[4:], rel=1e-6)

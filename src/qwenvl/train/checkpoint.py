@@ -143,12 +143,19 @@ def prune(root: Path, step: int, keep: int) -> None:
 
 
 def steps(root: Path) -> list[tuple[int, Path]]:
-    """The step-NNNNNN folders under root, newest first."""
+    """The step-NNNNNN folders under root, newest first. A save killed between its two renames leaves
+    step N only as `.old-step-N` (the previous copy) or `.tmp-step-N` (the new one, complete once its
+    manifest exists): those stand in for a missing step-N."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
-    return sorted(found, reverse=True)
+    found = {int(m.group(1)): p for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))}
+    for prefix in (".tmp-", ".old-"):  # the new copy (complete: it has its manifest) before the old one
+        for p in root.glob(prefix + "step-*"):
+            m = STEP_DIR.match(p.name[len(prefix):])
+            if m and p.is_dir() and int(m.group(1)) not in found and (prefix == ".old-" or (p / MANIFEST).exists()):
+                found[int(m.group(1))] = p
+    return sorted(found.items(), reverse=True)
 
 
 def damage(path: Path) -> str | None:
@@ -249,7 +256,14 @@ def resume(root: Path, model, optimizer, scheduler) -> tuple[int, dict, Path] | 
                 if _rank() == 0:
                     for p in problems:
                         print(f"resume: skipped {p}", file=sys.stderr)
-                return step, data, path
+                    if path.name.startswith("."):  # a stand-in: make it the step folder again
+                        target = root / path.name.removeprefix(".tmp-").removeprefix(".old-")
+                        print(f"resume: {path.name} restored as {target.name}", file=sys.stderr)
+                        os.replace(path, target)
+                        _fsync(root)
+                        _write_atomic(root / "latest", target.name)
+                _barrier()
+                return step, data, root / path.name.removeprefix(".tmp-").removeprefix(".old-")
         problems.append(f"{path.name}: {why}")
     raise CheckpointError(f"--resume: no intact checkpoint in {root} ({'; '.join(problems)}); nothing was "
                           "changed. Repair or remove the damaged folders, or use another --out")
@@ -325,7 +339,7 @@ def load(path: Path, model, optimizer, scheduler) -> tuple[int, dict]:
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     trainer = torch.load(path / "trainer.pt", weights_only=False)
     rank_state = torch.load(mine, weights_only=False)
-    m = STEP_DIR.match(path.name)
+    m = STEP_DIR.match(path.name.removeprefix(".tmp-").removeprefix(".old-"))
     if m and trainer["step"] != int(m.group(1)):
         raise CheckpointError(f"{path}: trainer.pt is at step {trainer['step']}, not the folder's")
     scheduler.load_state_dict(trainer["scheduler"])
