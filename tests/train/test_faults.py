@@ -352,3 +352,13 @@ def test_an_unfinished_tmp_folder_is_never_resumed_from(tiny_ckpt, sft_data, don
     shutil.copytree(root / "step-000004", root / ".tmp-step-000006")
     (root / ".tmp-step-000006" / "manifest.json").unlink()  # killed before the manifest: incomplete
     assert resume(tiny_ckpt, sft_data, done4) == pytest.approx(full[4:], rel=1e-6)
+
+
+def test_the_cli_refuses_in_one_line(tiny_ckpt, sft_data, done4, capsys):
+    from qwenvl.cli.main import main
+    for p in (done4 / "checkpoints").glob("step-*"):
+        shutil.rmtree(p)
+    rc = main(["train", "--model", str(tiny_ckpt), "--data", str(sft_data), "--out", str(done4), "--max-steps", "6",
+               "--save-every", "2", "--no-progress", "--no-export", "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("qwenvl train: error: --resume: no intact checkpoint")

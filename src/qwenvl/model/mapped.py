@@ -60,6 +60,8 @@ def read_header(path: Path) -> tuple[dict, int]:
     that a truncated, empty or foreign file is a CheckpointError naming it, never a crash or a silent
     short read: every tensor's dtype is known, its offsets lie inside the data and match its shape."""
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes), not a safetensors file: the write did not finish")
