@@ -1,18 +1,50 @@
 """Model configuration: frozen dataclasses with the Hugging Face field names.
 
-`QwenVLConfig.from_hf_dict` reads a checkpoint's config.json in either layout:
-- transformers 4.x: text fields at the top level, `rope_scaling.mrope_section`;
-- transformers 5.x: text fields under `text_config`, rope under `rope_parameters`.
-Every value the network depends on comes from the checkpoint; the defaults below are those of the
-transformers 4.51.3 config classes (note `tokens_per_second=4` there, while the releases set 2).
+`QwenVLConfig.from_hf_dict` reads a checkpoint's config.json as each transformers release writes it:
+- 4.51: text fields at the top level, `rope_scaling.mrope_section`, `vision_config` nested;
+- 4.52-4.57: the same top level plus a copy of the text fields under `text_config`; up to 4.56 that
+  copy holds `"image_token_id": null, "video_token_id": null` beside the real top-level ids;
+- 5.x: text fields only under `text_config`, rope (theta included) under `rope_parameters`.
+Each field is taken from where the releases put it, and a null never hides a value given elsewhere.
+The network sizes are required; the other defaults are those of the transformers 4.51.3 config
+classes (note `tokens_per_second=4` there, while the releases set 2). Impossible values (a size of
+0, a string for a number, heads that do not divide the width) are refused with the field's name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .errors import CheckpointError
+
+ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "quick_gelu")  # model/layers.py implements these
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _need(ok: bool, name: str, what: str, value) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def _positive_ints(obj, names: tuple[str, ...]) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        _need(_is_int(v) and 0 < v < 2**31, n, "a positive integer", v)  # (below 2^31: a tensor size)
+
+
+def _positive_floats(obj, names: tuple[str, ...]) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        _need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0, n,
+              "a positive finite number", v)
+        object.__setattr__(obj, n, float(v))  # a JSON integer (10**20) would overflow torch's scalars
 
 
 @dataclass(frozen=True)
@@ -31,6 +63,21 @@ class VisionConfig:
     out_hidden_size: int = 3584
     fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
     rms_norm_eps: float = 1e-6  # the released tower hard-codes 1e-6
+
+    def __post_init__(self):
+        _positive_ints(self, ("depth", "hidden_size", "intermediate_size", "num_heads", "in_channels", "patch_size",
+                              "spatial_merge_size", "temporal_patch_size", "window_size", "out_hidden_size"))
+        _positive_floats(self, ("tokens_per_second", "rms_norm_eps"))
+        _need(self.hidden_act in ACTIVATIONS, "hidden_act", f"one of {', '.join(ACTIVATIONS)}", self.hidden_act)
+        # 2D RoPE splits each head in four (h and w halves of cos/sin): the head width must divide by 4
+        _need(self.hidden_size % self.num_heads == 0 and self.head_dim % 4 == 0, "hidden_size",
+              f"num_heads ({self.num_heads}) x a multiple of 4", self.hidden_size)
+        _need(self.window_size >= self.patch_size * self.spatial_merge_size, "window_size",
+              f"at least patch_size x spatial_merge_size = {self.patch_size * self.spatial_merge_size}",
+              self.window_size)
+        idx = self.fullatt_block_indexes
+        _need(isinstance(idx, tuple) and all(_is_int(i) and 0 <= i < self.depth for i in idx),
+              "fullatt_block_indexes", f"a list of block indexes below depth ({self.depth})", idx)
 
     @property
     def head_dim(self) -> int:
@@ -63,8 +110,23 @@ class TextConfig:
     head_dim: int | None = None
 
     def __post_init__(self):
+        _positive_ints(self, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                              "num_attention_heads", "num_key_value_heads", "max_position_embeddings"))
+        _positive_floats(self, ("rms_norm_eps", "rope_theta"))
+        _need(self.hidden_act in ACTIVATIONS, "hidden_act", f"one of {', '.join(ACTIVATIONS)}", self.hidden_act)
+        _need(isinstance(self.tie_word_embeddings, bool), "tie_word_embeddings", "true or false",
+              self.tie_word_embeddings)
+        _need(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
+              f"a divisor of num_attention_heads ({self.num_attention_heads})", self.num_key_value_heads)
         if self.head_dim is None:
+            _need(self.hidden_size % self.num_attention_heads == 0, "hidden_size",
+                  f"a multiple of num_attention_heads ({self.num_attention_heads})", self.hidden_size)
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        _need(_is_int(self.head_dim) and self.head_dim > 0 and self.head_dim % 2 == 0, "head_dim",
+              "a positive even integer", self.head_dim)
+        sec = self.mrope_section
+        _need(isinstance(sec, tuple) and len(sec) == 3 and all(_is_int(x) and x >= 0 for x in sec),
+              "mrope_section", "three non-negative integers (t, h, w)", sec)
         if 2 * sum(self.mrope_section) != self.head_dim:
             raise ValueError(
                 f"mrope_section {list(self.mrope_section)} must sum to head_dim/2 = {self.head_dim // 2}"
@@ -84,41 +146,85 @@ class QwenVLConfig:
     image_token_id: int = 151655
     video_token_id: int = 151656
 
+    def __post_init__(self):
+        vocab = self.text.vocab_size
+        for n in ("vision_start_token_id", "vision_end_token_id", "vision_token_id", "image_token_id",
+                  "video_token_id", "bos_token_id", "pad_token_id", "eos_token_id"):
+            v = getattr(self, n)
+            if v is None and n in ("bos_token_id", "pad_token_id", "eos_token_id"):
+                continue
+            if n.startswith(("bos", "pad", "eos")):  # stop/pad ids only need to be ids: one out of range never matches
+                ok = all(_is_int(x) and x >= 0 for x in (v if isinstance(v, tuple) and n == "eos_token_id" else (v,)))
+                _need(ok, n, "a token id (or a list of them for eos_token_id)", v)
+            else:  # the vision ids index the embedding table
+                _need(_is_int(v) and 0 <= v < vocab, n, f"a token id below vocab_size ({vocab})", v)
+        _need(self.vision.out_hidden_size == self.text.hidden_size, "vision_config.out_hidden_size",
+              f"the text hidden_size ({self.text.hidden_size}), which the merger projects into",
+              self.vision.out_hidden_size)
+
     # ---------------------------------------------------------------- reading and writing
 
     @classmethod
     def from_hf_dict(cls, d: dict) -> "QwenVLConfig":
+        """Raises CheckpointError naming the field for a missing size or an impossible value."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"the config must be a JSON object, got {type(d).__name__}")
         model_type = d.get("model_type")
         if model_type not in (None, "qwen2_5_vl"):
-            raise ValueError(f"model_type is {model_type!r}, expected 'qwen2_5_vl' (a Qwen2.5-VL checkpoint)")
-        v = dict(d.get("vision_config") or {})
+            raise CheckpointError(f"model_type is {model_type!r}, expected 'qwen2_5_vl' (a Qwen2.5-VL checkpoint)")
+        for k in ("text_config", "vision_config"):
+            if d.get(k) is not None and not isinstance(d[k], dict):
+                raise CheckpointError(f"{k} must be a JSON object, got {type(d[k]).__name__}")
+        top, nested = d, d.get("text_config") or {}
+
+        def pick(key, *sources):
+            """The first non-null value of `key` in `sources` (a null means "not set here")."""
+            for src in sources:
+                if src.get(key) is not None:
+                    return src[key]
+            return None
+
+        # vision: only ever nested
+        v = {k: val for k, val in (d.get("vision_config") or {}).items() if val is not None}
         if "in_chans" in v and "in_channels" not in v:
             v["in_channels"] = v["in_chans"]
-        vision = _build(VisionConfig, v)
+        _require(v, ("depth", "hidden_size", "intermediate_size", "num_heads", "out_hidden_size"), "vision_config.")
+        vision = _build(VisionConfig, v, "vision_config.")
 
-        # 5.x nests the text fields; 4.x keeps them at the top level.
-        t = dict(d.get("text_config") or {})
-        for k, val in d.items():
-            if k not in t and k not in ("text_config", "vision_config"):
-                t[k] = val
-        rope = t.get("rope_parameters") or t.get("rope_scaling") or d.get("rope_scaling") or {}
-        if "mrope_section" in rope:
-            t["mrope_section"] = tuple(rope["mrope_section"])
-        if "rope_theta" in rope and "rope_theta" not in t:
-            t["rope_theta"] = rope["rope_theta"]
+        # text: nested from 4.52 on (and only there in 5.x), top level before; the nested copy wins
+        names = {f.name for f in dataclasses.fields(TextConfig)}
+        t = {k: pick(k, nested, top) for k in names}
+        rope = pick("rope_parameters", nested, top) or pick("rope_scaling", nested, top) or {}
+        if not isinstance(rope, dict):
+            raise CheckpointError(f"rope_scaling / rope_parameters must be a JSON object, got {rope!r}")
+        if "full_attention" in rope and isinstance(rope["full_attention"], dict):  # 5.x per-layer-type form
+            rope = rope["full_attention"]
+        if rope.get("mrope_section") is not None:
+            t["mrope_section"] = rope["mrope_section"]
+        if t["rope_theta"] is None:
+            t["rope_theta"] = rope.get("rope_theta")
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ("default", "mrope"):
-            raise ValueError(f"rope type {rope_type!r} is not supported (only default MRoPE)")
-        if "tie_word_embeddings" not in t:
-            t["tie_word_embeddings"] = d.get("tie_word_embeddings", False)
-        text = _build(TextConfig, t)
+            raise CheckpointError(f"rope type {rope_type!r} is not supported (only default MRoPE)")
+        _require(t, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads"), "")
+        text = _build(TextConfig, t, "")
 
-        ids = {k: t[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id", "vision_start_token_id",
-                                 "vision_end_token_id", "vision_token_id", "image_token_id", "video_token_id")
-               if k in t}
+        # token ids: top level in every release (4.52-4.56 write nulls for two of them in text_config)
+        ids = {}
+        for k in ("vision_start_token_id", "vision_end_token_id", "vision_token_id", "image_token_id",
+                  "video_token_id"):
+            if (val := pick(k, top, nested)) is not None:
+                ids[k] = val
+        for k in ("bos_token_id", "eos_token_id", "pad_token_id"):  # 5.x: in text_config only
+            if any(k in src for src in (top, nested)):
+                ids[k] = pick(k, nested, top)
         if isinstance(ids.get("eos_token_id"), list):
             ids["eos_token_id"] = tuple(ids["eos_token_id"])
-        return cls(vision=vision, text=text, **ids)
+        try:
+            return cls(vision=vision, text=text, **ids)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(str(e)) from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> "QwenVLConfig":
@@ -128,10 +234,13 @@ class QwenVLConfig:
         if not path.exists():
             raise FileNotFoundError(f"{path.parent} is not a Qwen2.5-VL checkpoint: no config.json in it")
         try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-        return cls.from_hf_dict(d)
+            d = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+        try:
+            return cls.from_hf_dict(d)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
 
     def to_hf_dict(self) -> dict:
         """config.json in the transformers 4.x layout (the one the released checkpoints use)."""
@@ -162,13 +271,22 @@ class QwenVLConfig:
         }
 
 
-def _build(klass, d: dict):
+def _require(d: dict, names: tuple[str, ...], prefix: str) -> None:
+    missing = [prefix + n for n in names if d.get(n) is None]
+    if missing:
+        raise CheckpointError(f"missing required field(s) {', '.join(missing)} (the network's sizes are not guessed)")
+
+
+def _build(klass, d: dict, prefix: str):
     names = {f.name for f in dataclasses.fields(klass)}
     kwargs = {k: v for k, v in d.items() if k in names and v is not None}
     for k, v in kwargs.items():
         if isinstance(v, list):
             kwargs[k] = tuple(v)
-    return klass(**kwargs)
+    try:
+        return klass(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(prefix + str(e)) from None
 
 
 # ------------------------------------------------------------------------------------------ presets

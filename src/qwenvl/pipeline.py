@@ -220,13 +220,31 @@ class TextTracker:
         return delta
 
 
+def check_processor(path: Path, spec, config) -> None:
+    """preprocessor_config.json must cut images the way the vision tower reads them: a patch size of
+    0 or one that differs from config.json would fail on the first image or give wrong features."""
+    from .errors import CheckpointError
+
+    v = config.vision
+    for ours, theirs in (("patch_size", "patch_size"), ("merge_size", "spatial_merge_size"),
+                         ("temporal_patch_size", "temporal_patch_size")):
+        if getattr(spec, ours) != getattr(v, theirs):
+            raise CheckpointError(f"{path / 'preprocessor_config.json'}: {ours} is {getattr(spec, ours)!r}, but "
+                                  f"config.json's vision_config.{theirs} is {getattr(v, theirs)}")
+    for n in ("min_pixels", "max_pixels"):
+        val = getattr(spec, n)
+        if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
+            raise CheckpointError(f"{path / 'preprocessor_config.json'}: {n} must be a positive integer, got {val!r}")
+
+
 def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu", max_batch: int = 8,
-         quantize: str | None = None, compile: bool = False) -> Pipeline:
+         quantize: str | None = None, compile: bool = False, check_weights: bool | None = None) -> Pipeline:
     """Load a Qwen2.5-VL checkpoint directory (or hub id) into a Pipeline.
 
     The model is prepared for inference: the decoder's q/k/v and gate/up projections are fused
     (model/fuse.py), and with quantize="int8" the decoder and LM head get weight-only int8
     (engine/quantize.py). compile=True runs decode steps through torch.compile (engine.Engine).
+    check_weights=False (or QWENVL_CHECK_WEIGHTS=0) skips the NaN/inf pass over the weights on load.
     For training, load the model with `qwenvl.model.weights.load_model`."""
     from .engine.quantize import quantize_int8
     from .model.fuse import fuse_projections
@@ -240,10 +258,11 @@ def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
-    model = fuse_projections(load_model(path, dtype=dtype, device=device))
+    model = fuse_projections(load_model(path, dtype=dtype, device=device, check_weights=check_weights))
     if quantize == "int8":
         quantize_int8(model)
     processor = Processor.from_pretrained(path, max_length=model.config.text.max_position_embeddings)
+    check_processor(path, processor.spec, model.config)
     gen_path = path / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
     return Pipeline(model, processor, gen, path, max_batch=max_batch, compile=compile)

@@ -68,7 +68,7 @@ def register(sub) -> None:
     a("--threads", type=int, help="CPU threads for torch (default: torch's)")
     a("--save-every", type=int, default=0, help="write a resumable checkpoint every N steps")
     a("--keep", type=int, default=2, help="checkpoints kept")
-    a("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+    a("--resume", action="store_true", help="continue from OUT/checkpoints/latest, or the newest intact checkpoint")
     a("--max-minutes", type=float, default=0.0,
       help="stop after this much wall time, checkpoint and export (a chunk of a longer run; --resume goes on)")
     a("--seed", type=int, default=0)

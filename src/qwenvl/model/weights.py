@@ -8,13 +8,15 @@ device and each tensor is assigned as it is read, so peak memory stays close to 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 
 from ..config import QwenVLConfig
+from ..errors import CheckpointError
 from .fuse import unfuse_state_dict
-from .mapped import MappedSafetensors
+from .mapped import MappedSafetensors, read_header
 from .qwen25vl import QwenVL
 
 # checkpoint prefix -> our module prefix; the first match wins, so the longer (newer) prefixes come first
@@ -45,7 +47,16 @@ def weight_files(path: Path) -> dict[str, Path]:
     """Map every tensor name to the file holding it, checking the shards are all there."""
     index = path / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        try:
+            weight_map = json.loads(index.read_bytes()).get("weight_map")
+        except (ValueError, AttributeError, RecursionError) as e:
+            raise CheckpointError(f"{index}: not a valid index ({type(e).__name__}: {e})") from None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index}: no weight_map (an object of tensor name -> shard file)")
+        for name, f in weight_map.items():
+            # a shard is a file beside the index: no path may lead out of the checkpoint folder
+            if not isinstance(f, str) or Path(f).name != f or f in ("", ".", ".."):
+                raise CheckpointError(f"{index}: tensor {name!r} maps to {f!r}, not a shard file name")
         files = {name: path / f for name, f in weight_map.items()}
         missing = sorted({f.name for f in files.values() if not f.exists()})
         if missing:
@@ -55,20 +66,30 @@ def weight_files(path: Path) -> dict[str, Path]:
     single = sorted(path.glob("*.safetensors"))
     if not single:
         raise FileNotFoundError(f"{path} has no *.safetensors weights (nor model.safetensors.index.json)")
-    from safetensors import safe_open
-    files = {}
-    for f in single:
-        with safe_open(f, framework="pt") as fh:
-            for name in fh.keys():
-                files[name] = f
-    return files
+    return {name: f for f in single for name in read_header(f)[0]}
+
+
+def check_weights_default() -> bool:
+    """Weights are checked for NaN/inf on load unless QWENVL_CHECK_WEIGHTS=0."""
+    return os.environ.get("QWENVL_CHECK_WEIGHTS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def all_finite(t: torch.Tensor, chunk: int = 1 << 24) -> bool:
+    """isfinite over `t` in chunks, so the check never holds more than a 16M-element mask."""
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-               config: QwenVLConfig | None = None) -> QwenVL:
+               config: QwenVLConfig | None = None, check_weights: bool | None = None) -> QwenVL:
+    """Every fault of the checkpoint is a CheckpointError (a ValueError) naming the file and the tensor:
+    a damaged or truncated file, an impossible config, a missing, extra or misshapen tensor, weights
+    that are not floating point, and (unless check_weights=False or QWENVL_CHECK_WEIGHTS=0) weights
+    holding NaN or inf once in `dtype` (a pass over each tensor as it is loaded)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a directory (expected a Hugging Face checkpoint folder)")
+    check = check_weights_default() if check_weights is None else check_weights
     config = config or QwenVLConfig.from_file(path)
     files = weight_files(path)
 
@@ -83,10 +104,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     for name, f in files.items():
         by_file.setdefault(f, []).append(name)
     for f, names in by_file.items():
-        try:
-            handle = MappedSafetensors(f)
-        except Exception as e:  # a truncated or foreign file
-            raise ValueError(f"{f.name} is not a readable safetensors file: {e}") from None
+        handle = MappedSafetensors(f)  # CheckpointError for an empty, truncated or foreign file
         with handle:
             for name in names:
                 key = our_key(name)
@@ -95,24 +113,34 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
                     continue
                 if tied and key == "lm_head.weight":
                     continue
-                try:
-                    t = handle.get_tensor(name)
-                except Exception as e:
-                    raise ValueError(f"{f.name}: tensor {name} cannot be read ({e}); the shard may be partial") from None
-                if key == "visual.patch_embed.proj.weight" and t.ndim == 5:
-                    t = t.reshape(t.shape[0], -1)  # Conv3d kernel == stride: a Linear over the patch
+                if name not in handle.header:
+                    raise CheckpointError(f"{f}: tensor {name} (listed in model.safetensors.index.json) is not in "
+                                          "the file; the shard may be partial")
+                t = handle.get_tensor(name)
+                if not t.dtype.is_floating_point:
+                    raise CheckpointError(f"{f}: tensor {name} has dtype {str(t.dtype).removeprefix('torch.')}, "
+                                          "expected floating-point weights")
                 want = params[key].shape
+                if key == "visual.patch_embed.proj.weight" and t.ndim == 5 and t.numel() == want.numel():
+                    t = t.reshape(t.shape[0], -1)  # Conv3d kernel == stride: a Linear over the patch
                 if tuple(t.shape) != tuple(want):
-                    raise ValueError(f"{name}: shape {tuple(t.shape)} does not match the config's {tuple(want)}")
+                    raise CheckpointError(f"{f}: {name}: shape {tuple(t.shape)} does not match the config's "
+                                          f"{tuple(want)}")
                 # float16 overflows in the released vision tower (its last blocks exceed 65504): keep it in bf16
                 tdtype = torch.bfloat16 if dtype == torch.float16 and key.startswith("visual.") else dtype
                 state[key] = t.to(device=device, dtype=tdtype)
+                if check and not all_finite(state[key]):
+                    cause = "holds NaN or infinite values" if not all_finite(t) else \
+                        f"overflows to infinity in {str(tdtype).removeprefix('torch.')}"
+                    raise CheckpointError(f"{f}: tensor {name} {cause} (check_weights=False or "
+                                          "QWENVL_CHECK_WEIGHTS=0 skips this check)")
     if unexpected:
-        raise ValueError(f"{path}: unexpected tensors not in a Qwen2.5-VL model: " + ", ".join(sorted(unexpected)[:10])
-                         + (" ..." if len(unexpected) > 10 else ""))
+        raise CheckpointError(f"{path}: unexpected tensors not in a Qwen2.5-VL model: "
+                              + ", ".join(sorted(unexpected)[:10]) + (" ..." if len(unexpected) > 10 else ""))
     missing = sorted(expected - state.keys())
     if missing:
-        raise ValueError(f"{path}: missing tensors: " + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+        raise CheckpointError(f"{path}: missing tensors: " + ", ".join(missing[:10])
+                              + (" ..." if len(missing) > 10 else ""))
 
     model.load_state_dict(state, strict=False, assign=True)
     if tied:

@@ -28,10 +28,7 @@ import torch
 
 from ..model.rope import mrope_positions
 from .pack import IGNORE, Sample, collate, plan_rows, shift_labels
-
-
-class BadRecord(ValueError):
-    """A record that cannot be trained on; the message starts with file:line."""
+from .validate import BadRecord, check_record, decode_line
 
 
 @dataclass
@@ -129,8 +126,7 @@ def _reply(x, where: str) -> dict:
 
 def parse_record(obj: dict, root: Path, where: str) -> Record:
     """One JSON object -> Record, with media resolved and checked to exist and tags matched to files."""
-    if not isinstance(obj, dict):
-        raise BadRecord(f"{where}: not a JSON object")
+    check_record(obj, where)
     media = {
         "image": [_resolve(p, root, where) for p in _as_list(obj.get("image", obj.get("images")))],
         "video": [_resolve(p, root, where) for p in _as_list(obj.get("video", obj.get("videos")))],
@@ -170,17 +166,22 @@ def read_records(path: str | Path, data_root: str | Path | None = None, on_bad: 
     path = Path(path)
     root = Path(data_root) if data_root else path.parent
     records = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:  # bytes, decoded per line: one line that is not UTF-8 is one bad record
+        for i, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             where = f"{path}:{i}"
             try:
                 try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise BadRecord(f"{where}: invalid JSON ({e})") from None
-                records.append(parse_record(obj, root, where))
+                    obj = json.loads(decode_line(raw, where, i == 1))
+                except (json.JSONDecodeError, RecursionError) as e:
+                    raise BadRecord(f"{where}: invalid JSON ({type(e).__name__}: {e})") from None
+                try:
+                    records.append(parse_record(obj, root, where))
+                except BadRecord:
+                    raise
+                except Exception as e:  # a shape check_record let through: still this record's fault
+                    raise BadRecord(f"{where}: malformed record ({type(e).__name__}: {e})") from None
             except BadRecord as e:
                 report(e, on_bad)
     if not records:

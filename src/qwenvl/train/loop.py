@@ -282,17 +282,20 @@ class Trainer:
 
 
 def train(cfg: TrainConfig) -> dict:
+    ckpt.check_out(Path(cfg.out), cfg.resume)  # before anything is written: never overwrite a run's progress
     t = Trainer(cfg)
     out, rank = t.out, t.rank
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     step = 0
-    if cfg.resume and (path := ckpt.latest(out / "checkpoints")):
-        step, data_state = ckpt.load(path, t.model, t.optimizer, t.scheduler)
+    if cfg.resume and (got := ckpt.resume(out / "checkpoints", t.model, t.optimizer, t.scheduler)):
+        step, data_state, path = got
         t.stream.load_state(data_state)
         if rank == 0:
             print(f"resumed from {path} at step {step}")
+    if rank == 0:
+        ckpt.trim_metrics(out / "metrics.jsonl", step)  # one curve: no step logged twice
     metrics = open(out / "metrics.jsonl", "a") if rank == 0 else None
     bar = None
     if cfg.progress and rank == 0:
