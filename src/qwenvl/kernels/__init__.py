@@ -1,5 +1,5 @@
-"""Native CPU kernels for decoding (gemv.c, decode.c) and many-row products (gemm.c), built on first use with
-the system C compiler.
+"""Native CPU kernels for decoding (gemv.c, decode.c, int4.c) and many-row products (gemm.c), built on first
+use with the system C compiler.
 
 Decoding reads every weight once per token, so its speed is the speed of the matrix-vector products. On
 an x86 CPU without bf16 matrix instructions, aten's bf16 and weight-only int8 products are compute-bound
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name(name) for name in ("gemv.c", "decode.c", "gemm.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("gemv.c", "decode.c", "gemm.c", "int4.c")]
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
 
@@ -94,6 +94,8 @@ def _library() -> ctypes.CDLL | None:
     f32 = ctypes.c_float
     lib.qwenvl_decode_layers.argtypes = [p, n, p, n, n, n, n, n, n, n, n, f32, f32, p, p, p, p, p, p]
     lib.qwenvl_gemm.argtypes = [p, n, p, i, p, p, i, p, n, n, n, n]
+    lib.qwenvl_gemv_int4.argtypes = [p, p, p, p, p, p, n, n, n, n, p, p, p]
+    lib.qwenvl_gemv_int4.restype = None
     lib.qwenvl_decode_work.argtypes = [n] * 7
     lib.qwenvl_decode_work.restype = n
     lib.qwenvl_gemm.restype = i
@@ -215,6 +217,23 @@ def gemv_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, b: torch.Te
     y = torch.empty(*x.shape[:-1], N)
     f = _library().qwenvl_gemv_int8_packed if q.dim() == 4 else _library().qwenvl_gemv_int8
     f(x.data_ptr(), q.data_ptr(), scale.data_ptr(), *_bias_args(b), y.data_ptr(), x.numel() // K, N, K)
+    return y
+
+
+def gemv_int4(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+              b: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] float32 @ W.T + b for 4-bit W in engine/int4.py's format: q uint8 [N, K / 2], scales float32
+    and zeros uint8 [N, G], b float32 [N] or None (all contiguous) -> [..., N] float32 (int4.c: activations
+    rounded to int16 per group, exact integer sums per group). Check `applies` first."""
+    x = x if x.is_contiguous() else x.contiguous()
+    (N, G), K = scales.shape, x.shape[-1]
+    M = x.numel() // K
+    b = None if b is None else b.float().contiguous()
+    y = torch.empty(*x.shape[:-1], N)
+    xq, xs, xsum = torch.empty(M, K, dtype=torch.int16), torch.empty(M, G), torch.empty(M, G, 8, dtype=torch.int32)
+    _library().qwenvl_gemv_int4(x.data_ptr(), q.data_ptr(), scales.data_ptr(), zeros.data_ptr(),
+                                None if b is None else b.data_ptr(), y.data_ptr(), M, N, K, K // G,
+                                xq.data_ptr(), xs.data_ptr(), xsum.data_ptr())
     return y
 
 

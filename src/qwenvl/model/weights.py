@@ -70,6 +70,9 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a directory (expected a Hugging Face checkpoint folder)")
     config = config or QwenVLConfig.from_file(path)
+    from ..engine.awq import load_awq_model, read_quantization
+    if (quant := read_quantization(path)) is not None:  # AWQ: the 4-bit weights stay 4-bit (engine/awq.py)
+        return load_awq_model(path, config, dtype, device, quant)
     files = weight_files(path)
 
     with torch.device("meta"):
