@@ -178,3 +178,18 @@ def test_errors_name_the_problem(awq_ckpt, tmp_path):
                                                                                "group_size": 32}}))
     with pytest.raises(ValueError, match=r"qzeros: shape \(\d+, \d+\).*group size 32"):
         load_model(d2)
+
+
+def test_pipeline_fuses_the_4bit_projections(awq_ckpt):
+    path, _ = awq_ckpt
+    pipe = qwenvl.load(path)
+    layer = pipe.model.language_model.layers[1]
+    assert isinstance(layer.self_attn.qkv_proj, Int4Linear) and isinstance(layer.mlp.gate_up_proj, Int4Linear)
+    assert not hasattr(layer.self_attn, "q_proj") and layer.self_attn.qkv_proj.out_features == 64 + 2 * 32
+    plain = load_model(path)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        ref = torch.cat([m(x) for m in (plain.language_model.layers[1].self_attn.q_proj,
+                                        plain.language_model.layers[1].self_attn.k_proj,
+                                        plain.language_model.layers[1].self_attn.v_proj)], -1)
+        assert torch.equal(layer.self_attn.qkv_proj(x), ref)

@@ -122,6 +122,21 @@ class Int4Linear(nn.Module):
         q, s, z = quantize_weight_int4(linear.weight, g, symmetric)
         return cls(q, s, z, linear.bias, linear.weight.dtype)
 
+    @classmethod
+    def cat(cls, parts: list["Int4Linear"]) -> "Int4Linear | None":
+        """The layers' outputs stacked into one layer (model/fuse.py: q/k/v, gate/up), exactly: groups run along
+        the inputs, so rows concatenate with their scales and zero points. None when the group sizes differ."""
+        if len({(p.group_size, p.in_features) for p in parts}) != 1 or len({p.bias is None for p in parts}) != 1:
+            return None
+        fused = cls.__new__(cls)
+        nn.Module.__init__(fused)
+        fused.in_features, fused.out_features = parts[0].in_features, sum(p.out_features for p in parts)
+        fused.group_size, fused.dtype = parts[0].group_size, parts[0].dtype
+        for name in ("qweight", "scales", "zeros", "bias"):
+            ts = [getattr(p, name) for p in parts]
+            fused.register_buffer(name, None if ts[0] is None else torch.cat(ts))
+        return fused
+
     def weight_int4(self) -> torch.Tensor:
         """The 4-bit values as uint8 [out, in] (a copy)."""
         return unpack_int4(self.qweight)
