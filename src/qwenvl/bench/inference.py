@@ -539,6 +539,10 @@ def run(args, progress=lambda msg: None) -> dict:
             ref = run_reference(path, cfg, req, args, dtype, device, progress)
             ref["peak_rss"] = rss.peak
             result["transformers"] = ref
+        if getattr(args, "peer", None) == "llama.cpp":
+            from .peer import run_peer
+            result["peer"] = run_peer(path, str(dtype).removeprefix("torch."), len(req.prompt_ids),
+                                      args.decode_tokens, torch.get_num_threads(), progress, args.tmp_dir)
     finally:
         rss.stop()
         if tmp is not None:
@@ -593,6 +597,11 @@ def summarize(r: dict, flops_v: float, flops_p: float) -> None:
         if ceil and ceil.get("int8_matvec_gbs"):
             s["int8_decode_pct_of_int8_matvec"] = (100 * ours["int8"]["decode_bytes_per_token_int8"]
                                                    * ours["int8"]["decode_tok_s_int8"] / 1e9 / ceil["int8_matvec_gbs"])
+    if r.get("peer"):
+        from .peer import compare
+        s.update(compare(ours, r["peer"]))
+        if "skipped" in r["peer"]:
+            s["peer_skipped"] = r["peer"]["skipped"]
     load = r.get("load")
     if load and "peak_over_weights" in load:
         s["load_peak_rss_over_weights"] = load["peak_over_weights"]
@@ -631,7 +640,8 @@ def format_table(r: dict) -> str:
               "decode_pct_of_matvec_sustained", "load_peak_rss_over_weights",
               "greedy_tokens_equal",
               "video_per_frame_spread", "int8_decode_x_float", "int8_decode_pct_of_int8_matvec",
-              "int4_decode_x_float", "int4_decode_x_int8", "int4_top1_agreement"):
+              "int4_decode_x_float", "int4_decode_x_int8", "int4_top1_agreement",
+              "decode_x_llamacpp_bf16", "decode_x_llamacpp_q8_0", "decode_x_llamacpp_q4_0", "peer_skipped"):
         if k in s:
             lines.append(f"  {k}: {s[k]}")
     for v in ours.get("video", []):
