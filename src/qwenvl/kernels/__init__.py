@@ -277,9 +277,11 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 # ------------------------------------------------------------------------------ a whole decoding step (decode.c)
 
 class LinearSpec(ctypes.Structure):
-    """One projection as decode.c reads it (qwenvl_linear): kind 0 bfloat16, 1 int8 [N, K], 2 int8 packed."""
+    """One projection as decode.c reads it (qwenvl_linear): kind 0 bfloat16, 1 int8 [N, K], 2 int8 packed,
+    3 int4 (engine/int4.py's format: zeros and group too)."""
     _fields_ = [("kind", ctypes.c_long), ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p),
-                ("bias", ctypes.c_void_p), ("bias_bf16", ctypes.c_long), ("N", ctypes.c_long), ("K", ctypes.c_long)]
+                ("bias", ctypes.c_void_p), ("bias_bf16", ctypes.c_long), ("N", ctypes.c_long), ("K", ctypes.c_long),
+                ("zeros", ctypes.c_void_p), ("group", ctypes.c_long)]
 
 
 class LayerSpec(ctypes.Structure):
@@ -310,6 +312,19 @@ def linear_spec(w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.
     else:
         return None
     return LinearSpec(kind, w.data_ptr(), None if scale is None else scale.data_ptr(), *_bias_args(bias), N, K)
+
+
+def linear_spec_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None
+                     ) -> LinearSpec | None:
+    """An Int4Linear (engine/int4.py) for `decode_layers`: qweight uint8 [N, K / 2], scales float32 and zeros
+    uint8 [N, G], bias float32 [N] or None; None where decode.c does not read it."""
+    tensors = (qweight, scales, zeros) + (() if bias is None else (bias,))
+    if not all(t.is_cpu and t.is_contiguous() for t in tensors) or scales.dtype != torch.float32 or (
+            bias is not None and bias.dtype != torch.float32):
+        return None
+    (N, G), K = scales.shape, qweight.shape[1] * 2
+    return LinearSpec(3, qweight.data_ptr(), scales.data_ptr(), None if bias is None else bias.data_ptr(), 0, N, K,
+                      zeros.data_ptr(), K // G)
 
 
 def layer_spec(attn_norm: torch.Tensor, mlp_norm: torch.Tensor, qkv: LinearSpec, o: LinearSpec,
