@@ -56,6 +56,19 @@ def test_dequantization_exact(g):
         assert rel_err(layer(x[:3]).double(), ref[:3]) < 1e-4  # decoding rows: int4.c (int16 activations)
 
 
+def test_widths_outside_the_native_layout():
+    """AWQ allows in_features 96 with groups of 32: loads, exact, through the dequantizing product."""
+    torch.manual_seed(1)
+    q, z = torch.randint(0, 16, (96, 16)), torch.randint(0, 16, (3, 16))
+    scales = (torch.rand(3, 16) * 0.05 + 1e-3).half()
+    layer = int4_from_awq("m", awq_pack(q), awq_pack(z), scales, None, 32, 96, 16, torch.float32)
+    ref = naive_dequantize(awq_pack(q), awq_pack(z), scales, 32)
+    assert not layer.native and torch.equal(layer.dequantize(), ref)
+    x = torch.randn(2, 96)
+    with torch.no_grad():
+        assert rel_err(layer(x).double(), x.double() @ ref.double().T) < 1e-6
+
+
 def test_shape_and_dtype_errors():
     q = awq_pack(torch.zeros(128, 16, dtype=torch.long))
     z = awq_pack(torch.zeros(1, 16, dtype=torch.long))

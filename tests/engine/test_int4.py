@@ -25,8 +25,19 @@ def test_packed_layout_by_hand():
     assert p[0, 31] == 0xF0                            # input 63 = 48 + 15: high nibble of word 15's high byte
     r = torch.randint(0, 16, (7, 192), dtype=torch.uint8)
     assert torch.equal(unpack_int4(pack_int4(r)), r)
-    with pytest.raises(ValueError, match="divisible by 64"):
-        pack_int4(torch.zeros(2, 96, dtype=torch.uint8))
+    odd = torch.randint(0, 16, (2, 96), dtype=torch.uint8)  # a partial last run: padded with zeros
+    assert pack_int4(odd).shape == (2, 64) and torch.equal(unpack_int4(pack_int4(odd), 96), odd)
+
+
+@pytest.mark.parametrize("k,group", [(96, 32), (128, 16), (64, 64)])
+def test_shapes_outside_the_native_layout_use_the_fallback(k, group):
+    w = torch.randn(24, k)
+    layer = Int4Linear(*quantize_weight_int4(w, group), torch.randn(24))
+    assert layer.native == (k % 64 == 0 and group % 32 == 0)
+    x = torch.randn(2, k)
+    with torch.no_grad():
+        ref = x.double() @ layer.dequantize().double().T + layer.bias.double()
+        assert float((layer(x).double() - ref).norm() / ref.norm()) < 1e-4
 
 
 @pytest.mark.parametrize("symmetric", [False, True])

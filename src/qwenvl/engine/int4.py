@@ -29,8 +29,8 @@ from torch import nn
 from .. import kernels
 from ..model.layers import UPCAST_MIN_ROWS
 
-RUN = 64  # inputs per packed run (32 bytes): in_features is a multiple of it
-GROUP_STEP = 32  # group sizes are multiples of it (AWQ checkpoints use 128; 64 and 32 exist)
+RUN = 64  # inputs per packed run (32 bytes); other widths are padded with zeros to a multiple of it
+GROUP_STEP = 32  # the native product takes group sizes that are multiples of it (AWQ's releases: 128)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -39,19 +39,21 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     q[j] | q[16 + j] << 4 and q[32 + j] | q[48 + j] << 4): 4 shifts and masks of one 32-byte load give 4
     vectors of 16 consecutive inputs as 16-bit integers (kernels/int4.c)."""
     N, K = q.shape
-    if K % RUN:
-        raise ValueError(f"int4 packing needs in_features divisible by {RUN}, got {K}")
+    if K % RUN:  # a last partial run: zero weights (the product's fallback reads only the first K)
+        q = torch.cat([q, q.new_zeros(N, RUN - K % RUN)], dim=1)
+        K = q.shape[1]
     q = q.to(torch.uint8).view(N, K // RUN, 4, RUN // 4)
     lo, hi = q[:, :, 0] | (q[:, :, 1] << 4), q[:, :, 2] | (q[:, :, 3] << 4)  # [N, K/64, 16] each
     return torch.stack([lo, hi], dim=-1).reshape(N, K // 2)
 
 
-def unpack_int4(p: torch.Tensor) -> torch.Tensor:
-    """The inverse of `pack_int4`: uint8 [N, K / 2] -> uint8 [N, K] in 0..15."""
+def unpack_int4(p: torch.Tensor, in_features: int | None = None) -> torch.Tensor:
+    """The inverse of `pack_int4`: uint8 [N, K / 2] -> uint8 [N, in_features] in 0..15 (default all K)."""
     N, half = p.shape
     p = p.view(N, half // (RUN // 2), RUN // 4, 2)
     lo, hi = p[..., 0], p[..., 1]
-    return torch.stack([lo & 0xF, lo >> 4, hi & 0xF, hi >> 4], dim=2).reshape(N, 2 * half)
+    q = torch.stack([lo & 0xF, lo >> 4, hi & 0xF, hi >> 4], dim=2).reshape(N, 2 * half)
+    return q if in_features is None else q[:, :in_features]
 
 
 def dequantize_int4(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
@@ -107,9 +109,8 @@ class Int4Linear(nn.Module):
                              f"weights {(N, K)}")
         self.in_features, self.out_features = K, N
         self.group_size = K // scales.shape[1]
-        if self.group_size % GROUP_STEP or K % RUN:
-            raise ValueError(f"int4 weights need a group size that is a multiple of {GROUP_STEP} and in_features a "
-                             f"multiple of {RUN}, got group {self.group_size} for {K} inputs")
+        # the native product's layout; other shapes (AWQ allows them) use the dequantizing fallback
+        self.native = self.group_size % GROUP_STEP == 0 and K % RUN == 0
         self.register_buffer("qweight", pack_int4(q))
         self.register_buffer("scales", scales.float().contiguous())
         self.register_buffer("zeros", zeros.to(torch.uint8).contiguous())
@@ -131,7 +132,7 @@ class Int4Linear(nn.Module):
         fused = cls.__new__(cls)
         nn.Module.__init__(fused)
         fused.in_features, fused.out_features = parts[0].in_features, sum(p.out_features for p in parts)
-        fused.group_size, fused.dtype = parts[0].group_size, parts[0].dtype
+        fused.group_size, fused.dtype, fused.native = parts[0].group_size, parts[0].dtype, parts[0].native
         for name in ("qweight", "scales", "zeros", "bias"):
             ts = [getattr(p, name) for p in parts]
             fused.register_buffer(name, None if ts[0] is None else torch.cat(ts))
@@ -139,14 +140,15 @@ class Int4Linear(nn.Module):
 
     def weight_int4(self) -> torch.Tensor:
         """The 4-bit values as uint8 [out, in] (a copy)."""
-        return unpack_int4(self.qweight)
+        return unpack_int4(self.qweight, self.in_features)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_int4(self.weight_int4(), self.scales, self.zeros).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
-        if rows < UPCAST_MIN_ROWS and x.device.type == "cpu" and kernels.applies(xf := x.float(), self.qweight):
+        if (rows < UPCAST_MIN_ROWS and self.native and x.device.type == "cpu"
+                and kernels.applies(xf := x.float(), self.qweight)):
             return kernels.gemv_int4(xf, self.qweight, self.scales, self.zeros, self.bias).to(x.dtype)
         cdtype = torch.float32 if x.device.type == "cpu" else x.dtype
         w = self.dequantize(cdtype)

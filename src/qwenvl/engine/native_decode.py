@@ -26,7 +26,7 @@ def _linear_spec(mod) -> kernels.LinearSpec | None:
         return kernels.linear_spec(mod.weight, None, mod.bias)
     if type(mod) is Int8Linear:
         return kernels.linear_spec(mod.qweight, mod.scale, mod.bias)
-    if type(mod) is Int4Linear:
+    if type(mod) is Int4Linear and mod.native:
         return kernels.linear_spec_int4(mod.qweight, mod.scales, mod.zeros, mod.bias)
     return None  # anything else (unfused projections, float32 weights, adapters): the model's forward
 
