@@ -354,7 +354,9 @@ def run_reference(path: Path, cfg: QwenVLConfig, req: Request, args, dtype, devi
     import transformers
 
     progress("transformers: loading")
-    hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+    model_class = (transformers.Qwen2VLForConditionalGeneration if cfg.model_type == "qwen2_vl"
+                   else transformers.Qwen2_5_VLForConditionalGeneration)
+    hf = model_class.from_pretrained(
         path, torch_dtype=dtype, attn_implementation="sdpa").to(device).eval()
     out: dict = {}
     tower = {}
