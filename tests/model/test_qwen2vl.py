@@ -184,3 +184,31 @@ def test_pipeline_generates_like_transformers(ckpt, hf):
             gen = model.generate(**ref, max_new_tokens=10, do_sample=False)
         result = pipe.chat(messages, max_new_tokens=10, temperature=0)
         assert result.token_ids == gen[0, ref["input_ids"].shape[1]:].tolist()
+
+
+def test_tied_embeddings(tmp_path):
+    """Qwen2-VL-2B ties the LM head to the embeddings."""
+    path = build_hf_qwen2vl_checkpoint(tmp_path / "tied", tie_word_embeddings=True, seed=2)
+    model, processor = load_hf_qwen2vl(path)
+    ours = load_model(path)
+    assert ours.lm_head.weight is ours.language_model.embed_tokens.weight
+    logits_match(model, ours, hf_batch(processor, [user({"type": "video"})], videos=[video(4, 56, 84, 1)]))
+
+
+def test_awq_qwen2vl_checkpoint(ckpt, hf, tmp_path):
+    """Qwen2-VL-*-AWQ: the same 4-bit loading; logits match the float model the AWQ tensors define."""
+    from awq_reference import make_awq_checkpoint
+    from qwenvl.engine.int4 import Int4Linear
+    from qwenvl.model.weights import their_key
+    dequantized = make_awq_checkpoint(ckpt, tmp_path / "awq", group_size=64)
+    quant = load_model(tmp_path / "awq")
+    assert isinstance(quant.visual, Qwen2VisionTransformer)
+    assert isinstance(quant.language_model.layers[0].mlp.down_proj, Int4Linear)
+    ref = load_model(ckpt)
+    params = {their_key(k): p for k, p in ref.named_parameters()}
+    with torch.no_grad():
+        for name, w in dequantized.items():
+            params[name].copy_(w)
+    batch = hf_batch(hf[1], [user({"type": "image"})], images=[image(150, 100)])
+    with torch.no_grad():
+        assert rel_err(quant(**batch).logits, ref(**batch).logits) < 1e-5
