@@ -55,6 +55,20 @@ def test_quantizer_error_is_half_a_step(symmetric, group):
     assert torch.allclose(layer.dequantize(), deq.view(40, 256))
 
 
+def test_clip_search_lowers_the_error_and_chunks_agree(monkeypatch):
+    from qwenvl.engine import int4
+    w = torch.randn(300, 256)
+    plain = quantize_weight_int4(w, 128)
+    searched = quantize_weight_int4(w, 128, clip_search=True)
+
+    def mse(q, s, z):
+        return float(((q.view(300, 2, 128).float() - z[..., None].float()) * s[..., None] - w.view(300, 2, 128))
+                     .square().mean())
+    assert mse(*searched) < 0.9 * mse(*plain)
+    monkeypatch.setattr(int4, "CHUNK_WEIGHTS", 256 * 7)  # 7 rows per chunk: 43 chunks, a partial last one
+    assert all(torch.equal(a, b) for a, b in zip(quantize_weight_int4(w, 128, clip_search=True), searched))
+
+
 def test_group_size_choice():
     assert group_size_for(2048) == 128 and group_size_for(11008) == 128 and group_size_for(3584) == 128
     assert group_size_for(64) == 64 and group_size_for(192) == 64 and group_size_for(128, 64) == 64

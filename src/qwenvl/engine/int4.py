@@ -74,25 +74,65 @@ def group_size_for(in_features: int, preferred: int = 128) -> int:
     raise ValueError(f"in_features {in_features} cannot be stored in int4 (it must be a multiple of {RUN})")
 
 
-def quantize_weight_int4(w: torch.Tensor, group_size: int, symmetric: bool = False
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[out, in] float -> (q uint8 [out, in] in 0..15, scales float32 [out, G], zeros uint8 [out, G]).
+# range shrink factors tried per group by the clipping search: giving up the few largest weights for a finer
+# step over the rest lowers the group's squared error (the search keeps 1.0 where it does not)
+CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 
-    Asymmetric (default): each group's [min, max] (widened to include 0) maps onto 0..15, z = round(-min / s).
-    Symmetric: z = 8 and s = max|w| / 7, q - 8 in -7..7 (0 is exact, the range is the group's largest |w|)."""
-    N, K = w.shape
-    if K % group_size:
-        raise ValueError(f"group size {group_size} does not divide in_features {K}")
-    g = w.detach().float().view(N, K // group_size, group_size)
+
+def _quantize_groups(g: torch.Tensor, symmetric: bool, ratio: float):
     if symmetric:
-        scales = (g.abs().amax(-1) / 7).clamp_min(1e-12)
+        scales = (g.abs().amax(-1) * ratio / 7).clamp_min(1e-12)
         zeros = torch.full_like(scales, 8)
     else:
-        lo, hi = g.amin(-1).clamp(max=0), g.amax(-1).clamp(min=0)
+        lo, hi = g.amin(-1).clamp(max=0) * ratio, g.amax(-1).clamp(min=0) * ratio
         scales = ((hi - lo) / 15).clamp_min(1e-12)
         zeros = torch.round(-lo / scales).clamp_(0, 15)
     q = torch.round(g / scales[..., None] + zeros[..., None]).clamp_(0, 15)
-    return q.to(torch.uint8).view(N, K), scales, zeros.to(torch.uint8)
+    return q, scales, zeros
+
+
+CHUNK_WEIGHTS = 16 << 20
+
+
+def _search_groups(g: torch.Tensor, symmetric: bool, ratios) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    best = None
+    for ratio in ratios:
+        q, scales, zeros = _quantize_groups(g, symmetric, ratio)
+        if len(ratios) == 1:
+            return q, scales, zeros
+        err = ((q - zeros[..., None]) * scales[..., None] - g).square().sum(-1)  # [rows, G]
+        if best is None:
+            best, best_err = (q, scales, zeros), err
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = (torch.where(better[..., None], q, best[0]), torch.where(better, scales, best[1]),
+                torch.where(better, zeros, best[2]))
+    return best
+
+
+def quantize_weight_int4(w: torch.Tensor, group_size: int, symmetric: bool = False, clip_search: bool = False
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[out, in] float -> (q uint8 [out, in] in 0..15, scales float32 [out, G], zeros uint8 [out, G]).
+
+    Asymmetric (default): each group's [min, max] (widened to include 0) maps onto 0..15, z = round(-min / s);
+    every weight is then within half a step. Symmetric: z = 8 and s = max|w| / 7, q - 8 in -7..7.
+    clip_search: per group, the range scaled by the one of CLIP_RATIOS with the least squared error.
+    Rows go in chunks of ~16 M weights: a 151936-row LM head never has float copies of itself in flight."""
+    N, K = w.shape
+    if K % group_size:
+        raise ValueError(f"group size {group_size} does not divide in_features {K}")
+    ratios = CLIP_RATIOS if clip_search else (1.0,)
+    q = torch.empty(N, K, dtype=torch.uint8, device=w.device)
+    scales = torch.empty(N, K // group_size, device=w.device)
+    zeros = torch.empty(N, K // group_size, dtype=torch.uint8, device=w.device)
+    step = max(1, CHUNK_WEIGHTS // K)
+    for i in range(0, N, step):
+        g = w[i:i + step].detach().float().view(-1, K // group_size, group_size)
+        qi, si, zi = _search_groups(g, symmetric, ratios)
+        q[i:i + step] = qi.view(-1, K).to(torch.uint8)
+        scales[i:i + step], zeros[i:i + step] = si, zi.to(torch.uint8)
+    return q, scales, zeros
 
 
 class Int4Linear(nn.Module):
@@ -118,9 +158,10 @@ class Int4Linear(nn.Module):
         self.dtype = dtype
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int | None = None, symmetric: bool = False) -> "Int4Linear":
+    def from_linear(cls, linear: nn.Linear, group_size: int | None = None, symmetric: bool = False,
+                    clip_search: bool = True) -> "Int4Linear":
         g = group_size or group_size_for(linear.in_features)
-        q, s, z = quantize_weight_int4(linear.weight, g, symmetric)
+        q, s, z = quantize_weight_int4(linear.weight, g, symmetric, clip_search)
         return cls(q, s, z, linear.bias, linear.weight.dtype)
 
     @classmethod
@@ -165,7 +206,8 @@ def quantize_int4(model: nn.Module, include: Iterable[str] = ("language_model", 
                   skip: Iterable[str] = (), group_size: int = 128, symmetric: bool = False) -> nn.Module:
     """Replace, in place, every nn.Linear whose qualified name starts with one of `include` (and with none of
     `skip`) by an Int4Linear, groups of `group_size` inputs (`group_size_for`: 64 or 32 where a layer's width
-    is not a multiple of it). Default: the decoder and the LM head, as quantize_int8. Layers whose width is
+    is not a multiple of it), each group's range chosen by the clipping search (`quantize_weight_int4`).
+    Default: the decoder and the LM head, as quantize_int8. Layers whose width is
     not a multiple of 64 stay in floating point."""
     include, skip = tuple(include), tuple(skip)
     targets = [(name, m) for name, m in model.named_modules()
@@ -177,7 +219,7 @@ def quantize_int4(model: nn.Module, include: Iterable[str] = ("language_model", 
             continue
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, Int4Linear.from_linear(m, g, symmetric))
+        setattr(parent, attr, Int4Linear.from_linear(m, g, symmetric, clip_search=True))
     return model
 
 
