@@ -9,6 +9,11 @@ Each field is taken from where the releases put it, and a null never hides a val
 The network sizes are required; the other defaults are those of the transformers 4.51.3 config
 classes (note `tokens_per_second=4` there, while the releases set 2). Impossible values (a size of
 0, a string for a number, heads that do not divide the width) are refused with the field's name.
+
+Qwen2-VL checkpoints (`model_type` "qwen2_vl") load into the same classes: their vision_config names the
+tower width `embed_dim`, the merger's output `hidden_size` and the MLP width `mlp_ratio` (a multiple of
+embed_dim); `VisionConfig.model_type` then selects the Qwen2-VL tower (model/vision_qwen2.py) and
+frame-index temporal positions (model/rope.py).
 """
 
 from __future__ import annotations
@@ -62,7 +67,10 @@ class VisionConfig:
     window_size: int = 112
     out_hidden_size: int = 3584
     fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
-    rms_norm_eps: float = 1e-6  # the released tower hard-codes 1e-6
+    rms_norm_eps: float = 1e-6  # the released tower hard-codes 1e-6 (LayerNorm eps in Qwen2-VL's)
+    # the family: "qwen2_5_vl" (RMSNorm, SwiGLU, window attention) or "qwen2_vl" (LayerNorm, QuickGELU fc1/fc2,
+    # every block within a frame, LayerNorm merger; time positions are frame indexes)
+    model_type: str = "qwen2_5_vl"
 
     def __post_init__(self):
         _positive_ints(self, ("depth", "hidden_size", "intermediate_size", "num_heads", "in_channels", "patch_size",
@@ -162,6 +170,10 @@ class QwenVLConfig:
               f"the text hidden_size ({self.text.hidden_size}), which the merger projects into",
               self.vision.out_hidden_size)
 
+    @property
+    def model_type(self) -> str:
+        return self.vision.model_type
+
     # ---------------------------------------------------------------- reading and writing
 
     @classmethod
@@ -170,8 +182,9 @@ class QwenVLConfig:
         if not isinstance(d, dict):
             raise CheckpointError(f"the config must be a JSON object, got {type(d).__name__}")
         model_type = d.get("model_type")
-        if model_type not in (None, "qwen2_5_vl"):
-            raise CheckpointError(f"model_type is {model_type!r}, expected 'qwen2_5_vl' (a Qwen2.5-VL checkpoint)")
+        if model_type not in (None, "qwen2_5_vl", "qwen2_vl"):
+            raise CheckpointError(f"model_type is {model_type!r}, expected 'qwen2_5_vl' or 'qwen2_vl' "
+                                  "(a Qwen2.5-VL or Qwen2-VL checkpoint)")
         for k in ("text_config", "vision_config"):
             if d.get(k) is not None and not isinstance(d[k], dict):
                 raise CheckpointError(f"{k} must be a JSON object, got {type(d[k]).__name__}")
@@ -188,7 +201,12 @@ class QwenVLConfig:
         v = {k: val for k, val in (d.get("vision_config") or {}).items() if val is not None}
         if "in_chans" in v and "in_channels" not in v:
             v["in_channels"] = v["in_chans"]
-        _require(v, ("depth", "hidden_size", "intermediate_size", "num_heads", "out_hidden_size"), "vision_config.")
+        if model_type == "qwen2_vl":
+            _require(v, ("depth", "embed_dim", "hidden_size", "num_heads"), "vision_config.")
+            v = _qwen2_vl_vision(v)
+        else:
+            _require(v, ("depth", "hidden_size", "intermediate_size", "num_heads", "out_hidden_size"), "vision_config.")
+            v["model_type"] = "qwen2_5_vl"
         vision = _build(VisionConfig, v, "vision_config.")
 
         # text: nested from 4.52 on (and only there in 5.x), top level before; the nested copy wins
@@ -251,10 +269,19 @@ class QwenVLConfig:
         vision.pop("rms_norm_eps")
         vision["fullatt_block_indexes"] = list(vision["fullatt_block_indexes"])
         vision["in_chans"] = vision["in_channels"]
+        arch = "Qwen2_5_VLForConditionalGeneration"
+        if self.model_type == "qwen2_vl":
+            v = self.vision
+            vision = {"depth": v.depth, "embed_dim": v.hidden_size, "hidden_size": v.out_hidden_size,
+                      "hidden_act": v.hidden_act, "mlp_ratio": v.intermediate_size / v.hidden_size,
+                      "num_heads": v.num_heads, "in_channels": v.in_channels, "in_chans": v.in_channels,
+                      "patch_size": v.patch_size, "spatial_merge_size": v.spatial_merge_size,
+                      "temporal_patch_size": v.temporal_patch_size, "model_type": "qwen2_vl"}
+            arch = "Qwen2VLForConditionalGeneration"
         eos = self.eos_token_id
         return {
-            "architectures": ["Qwen2_5_VLForConditionalGeneration"],
-            "model_type": "qwen2_5_vl",
+            "architectures": [arch],
+            "model_type": self.model_type,
             **text,
             "rope_scaling": {"type": "mrope", "mrope_section": mrope},
             "vision_config": vision,
@@ -275,6 +302,19 @@ def _require(d: dict, names: tuple[str, ...], prefix: str) -> None:
     missing = [prefix + n for n in names if d.get(n) is None]
     if missing:
         raise CheckpointError(f"missing required field(s) {', '.join(missing)} (the network's sizes are not guessed)")
+
+
+def _qwen2_vl_vision(v: dict) -> dict:
+    """A Qwen2-VL vision_config in our field names: `embed_dim` is the tower width, `hidden_size` the merger's
+    output (the decoder width), the MLP is `mlp_ratio` x embed_dim wide. Defaults: Qwen2VLVisionConfig's."""
+    embed = v.get("embed_dim", 1280)
+    mlp_ratio = v.get("mlp_ratio", 4)
+    out = {k: v[k] for k in ("depth", "num_heads", "in_channels", "patch_size", "spatial_merge_size",
+                             "temporal_patch_size") if k in v}
+    return {**out, "hidden_size": embed, "out_hidden_size": v.get("hidden_size", 3584),
+            "intermediate_size": int(embed * mlp_ratio),  # the reference's int(embed_dim * mlp_ratio)
+            "hidden_act": v.get("hidden_act", "quick_gelu"), "model_type": "qwen2_vl",
+            "fullatt_block_indexes": ()}
 
 
 def _build(klass, d: dict, prefix: str):

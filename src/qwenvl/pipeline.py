@@ -243,15 +243,17 @@ def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "
 
     The model is prepared for inference: the decoder's q/k/v and gate/up projections are fused
     (model/fuse.py), and with quantize="int8" the decoder and LM head get weight-only int8
-    (engine/quantize.py). compile=True runs decode steps through torch.compile (engine.Engine).
-    check_weights=False (or QWENVL_CHECK_WEIGHTS=0) skips the NaN/inf pass over the weights on load.
+    (engine/quantize.py), with quantize="int4" group-wise 4-bit weights (engine/int4.py; AWQ checkpoints
+    are 4-bit already and load so without it). compile=True runs decode steps through torch.compile
+    (engine.Engine). check_weights=False (or QWENVL_CHECK_WEIGHTS=0) skips the NaN/inf pass over the
+    weights on load.
     For training, load the model with `qwenvl.model.weights.load_model`."""
     from .engine.quantize import quantize_int8
     from .model.fuse import fuse_projections
     from .processing import Processor
 
-    if quantize not in (None, "int8"):
-        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    if quantize not in (None, "int8", "int4"):
+        raise ValueError(f"quantize must be None, 'int8' or 'int4', got {quantize!r}")
 
     path = resolve_checkpoint(path)
     if isinstance(dtype, str):
@@ -261,6 +263,9 @@ def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "
     model = fuse_projections(load_model(path, dtype=dtype, device=device, check_weights=check_weights))
     if quantize == "int8":
         quantize_int8(model)
+    elif quantize == "int4":
+        from .engine.int4 import quantize_int4
+        quantize_int4(model)
     processor = Processor.from_pretrained(path, max_length=model.config.text.max_position_embeddings)
     check_processor(path, processor.spec, model.config)
     gen_path = path / "generation_config.json"

@@ -40,6 +40,9 @@ def tiny_model(weights: str = "bf16", seed: int = 5, fuse: bool = True):
         fuse_projections(model)
     if weights.startswith("int8"):
         quantize_int8(model)
+    if weights == "int4":
+        from qwenvl.engine.int4 import quantize_int4
+        quantize_int4(model)
     return model
 
 
@@ -67,11 +70,11 @@ def one_step(decoder, model, cache, rows: list[int], seed=1):
         return decoder(lm.embed_tokens(ids), positions, mask, cache, r)
 
 
-@pytest.mark.parametrize("weights", ["bf16", "int8", "int8-row-major"])
+@pytest.mark.parametrize("weights", ["bf16", "int8", "int8-row-major", "int4"])
 @pytest.mark.parametrize("rows", [[0, 2], [1], [0, 1, 2]])
 def test_a_native_step_equals_the_model_step(weights, rows, monkeypatch):
     """Rows of different lengths, not consecutive or consecutive: same hidden states, same keys and values
-    written at the same places, same lengths; int8 weights packed or row-major."""
+    written at the same places, same lengths; int8 weights packed or row-major; int4 weights."""
     if weights == "int8-row-major":
         monkeypatch.setattr(kernels, "packable", lambda q: False)
     model = tiny_model(weights)

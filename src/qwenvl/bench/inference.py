@@ -7,8 +7,9 @@ freed before the second loads):
   hook on `model.visual` during `generate`), and per video size/frame count when asked;
 - time to first token (tower + prefill + first token), decode tokens/s (greedy, EOS ignored);
 - peak RSS while the implementation was loaded and ran.
-Also: peak RSS of loading alone (a subprocess), the machine's ceilings, and for `--quantize int8` the
-int8 decode speed, top-1 agreement and logits error against the floating-point model.
+Also: peak RSS of loading alone (a subprocess), the machine's ceilings, and for `--quantize int8` / `int4`
+(or both: `--quantize int8,int4`) the quantized decode speed, top-1 agreement and logits error against the
+floating-point model, in alternating rounds (int4 also against int8 when both run).
 """
 
 from __future__ import annotations
@@ -267,17 +268,34 @@ def video_times(visual, cfg: QwenVLConfig, frames: list[int], size: tuple[int, i
     return rows
 
 
-# int8 and floating-point decoding alternate for this many rounds; the speedup is the median round's.
+# the floating-point and quantized models decode in turn for this many rounds; each speedup is the median round's.
 INT8_ROUNDS = 3
 
 
-def int8_eval(model, cfg: QwenVLConfig, args, device, progress) -> dict:
-    """Decode speed of the floating-point model and of an int8 copy of it (sharing every other tensor) on one
-    short text prompt, and the int8 logits against the floating-point ones, teacher-forced on the float
-    model's greedy tokens. The two decode in turn, INT8_ROUNDS times: on a shared machine bandwidth drifts
-    by tens of percent within minutes, and a ratio of two runs minutes apart would measure the drift."""
-    from ..engine.engine import Engine, Sequence
+def quant_kinds(value: str | list | tuple) -> list[str]:
+    """`--quantize` value ("int8", "int4", "int8,int4") -> the kinds, checked."""
+    kinds = [k.strip() for k in value.split(",")] if isinstance(value, str) else list(value)
+    bad = [k for k in kinds if k not in ("int8", "int4")]
+    if bad or not kinds:
+        raise ValueError(f"--quantize takes int8, int4 or int8,int4; got {value!r}")
+    return kinds
+
+
+def quantizers() -> dict:
+    """--quantize choice -> a function making a quantized copy of a model that shares its other tensors."""
+    from ..engine.int4 import quantized_copy_int4
     from ..engine.quantize import quantized_copy
+    return {"int8": quantized_copy, "int4": quantized_copy_int4}
+
+
+def quant_eval(model, cfg: QwenVLConfig, args, device, progress, kinds=("int8",)) -> dict:
+    """Decode speed of the floating-point model and of quantized copies of it (`kinds`: int8, int4; each
+    sharing every other tensor) on one short text prompt, and each copy's logits against the floating-point
+    ones, teacher-forced on the float model's greedy tokens. The models decode in turn, INT8_ROUNDS times: on
+    a shared machine bandwidth drifts by tens of percent within minutes, and a ratio of two runs minutes apart
+    would measure the drift. Returns {kind: figures}; with int8 and int4 both, int4's figures also hold its
+    speed over int8's (`speedup_vs_int8`, the median round's)."""
+    from ..engine.engine import Engine, Sequence
     from ..engine.sampling import SamplingParams
 
     g = torch.Generator().manual_seed(7)
@@ -285,12 +303,12 @@ def int8_eval(model, cfg: QwenVLConfig, args, device, progress) -> dict:
     prompt = torch.randint(0, text_vocab, (32,), generator=g).tolist()
     n = args.decode_tokens
     include = ("language_model", "lm_head") + (("visual",) if args.quantize_vision else ())
-    qmodel = quantized_copy(model, include=include)
+    copies = {k: quantizers()[k](model, include=include) for k in kinds}
 
     def decode(m, label):
         engine = Engine(m, max_batch=1, max_len=len(prompt) + n + 8, compile=args.compile)
         seq = Sequence(prompt_ids=prompt, params=SamplingParams(max_new_tokens=n + 1, temperature=0, ignore_eos=True))
-        progress(f"int8: {label} decode, {n} tokens")
+        progress(f"{label} decode, {n} tokens")
         _, steps, dt, _ = timed_generate(engine, seq, device)
         return seq.output_ids, steps / dt
 
@@ -298,25 +316,36 @@ def int8_eval(model, cfg: QwenVLConfig, args, device, progress) -> dict:
         with torch.inference_mode():
             return m(torch.tensor([ids], device=device)).logits[0].float()
 
-    rounds = []
+    rounds, tokens = [], {}
     for i in range(INT8_ROUNDS):
-        ref_tokens, ref_speed = decode(model, f"round {i + 1}/{INT8_ROUNDS}: floating-point")
-        tokens, speed = decode(qmodel, f"round {i + 1}/{INT8_ROUNDS}: int8")
-        rounds.append({"decode_tok_s_float": ref_speed, "decode_tok_s_int8": speed, "speedup": speed / ref_speed})
-    median = sorted(rounds, key=lambda r: r["speedup"])[len(rounds) // 2]
+        speeds = {}
+        ref_tokens, speeds["float"] = decode(model, f"round {i + 1}/{INT8_ROUNDS}: floating-point")
+        for k, m in copies.items():
+            tokens[k], speeds[k] = decode(m, f"round {i + 1}/{INT8_ROUNDS}: {k}")
+        rounds.append(speeds)
     ids = prompt + ref_tokens[:-1]
-    ref, q = logits(model, ids), logits(qmodel, ids)
+    ref = logits(model, ids)
     span = slice(len(prompt) - 1, None)  # the positions that predicted the generated tokens
-    return {
-        **median,
-        "rounds": rounds,
-        "top1_agreement": float((q[span].argmax(-1) == ref[span].argmax(-1)).float().mean()),
-        "logits_rel_err": float((q - ref).norm() / ref.norm()),
-        "logits_max_abs_err": float((q - ref).abs().max()),
-        "greedy_tokens_equal": sum(a == b for a, b in zip(tokens, ref_tokens)),
-        "weight_bytes_int8": weight_bytes(qmodel),
-        "decode_bytes_per_token_int8": decode_bytes(qmodel),
-    }
+    out = {}
+    for k, m in copies.items():
+        per = [{"decode_tok_s_float": r["float"], f"decode_tok_s_{k}": r[k], "speedup": r[k] / r["float"]}
+               for r in rounds]
+        q = logits(m, ids)
+        out[k] = {
+            **sorted(per, key=lambda r: r["speedup"])[len(per) // 2],
+            "rounds": per,
+            "top1_agreement": float((q[span].argmax(-1) == ref[span].argmax(-1)).float().mean()),
+            "logits_rel_err": float((q - ref).norm() / ref.norm()),
+            "logits_max_abs_err": float((q - ref).abs().max()),
+            "greedy_tokens_equal": sum(a == b for a, b in zip(tokens[k], ref_tokens)),
+            f"weight_bytes_{k}": weight_bytes(m),
+            f"decode_bytes_per_token_{k}": decode_bytes(m),
+        }
+    if "int8" in out and "int4" in out:
+        ratios = sorted(r["int4"] / r["int8"] for r in rounds)
+        out["int4"]["speedup_vs_int8"] = ratios[len(ratios) // 2]
+        out["int4"]["rounds_vs_int8"] = [r["int4"] / r["int8"] for r in rounds]
+    return out
 
 
 # ------------------------------------------------------------------------------------------ transformers
@@ -325,7 +354,9 @@ def run_reference(path: Path, cfg: QwenVLConfig, req: Request, args, dtype, devi
     import transformers
 
     progress("transformers: loading")
-    hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+    model_class = (transformers.Qwen2VLForConditionalGeneration if cfg.model_type == "qwen2_vl"
+                   else transformers.Qwen2_5_VLForConditionalGeneration)
+    hf = model_class.from_pretrained(
         path, torch_dtype=dtype, attn_implementation="sdpa").to(device).eval()
     out: dict = {}
     tower = {}
@@ -499,8 +530,8 @@ def run(args, progress=lambda msg: None) -> dict:
                                         dtype, progress, "ours")
         # before the int8 copy below, which is a measurement of its own; without the bench's own probe matrices
         ours["peak_rss"] = rss.peak - ours.pop("probe_bytes")
-        if args.quantize == "int8":
-            ours["int8"] = int8_eval(model, cfg, args, device, progress)
+        if args.quantize:
+            ours.update(quant_eval(model, cfg, args, device, progress, quant_kinds(args.quantize)))
         del model
         gc.collect()
         result["ours"] = ours
@@ -511,6 +542,10 @@ def run(args, progress=lambda msg: None) -> dict:
             ref = run_reference(path, cfg, req, args, dtype, device, progress)
             ref["peak_rss"] = rss.peak
             result["transformers"] = ref
+        if getattr(args, "peer", None) == "llama.cpp":
+            from .peer import run_peer
+            result["peer"] = run_peer(path, str(dtype).removeprefix("torch."), len(req.prompt_ids),
+                                      args.decode_tokens, torch.get_num_threads(), progress, args.tmp_dir)
     finally:
         rss.stop()
         if tmp is not None:
@@ -558,11 +593,21 @@ def summarize(r: dict, flops_v: float, flops_p: float) -> None:
     if ours.get("video"):
         per = [v["s_per_frame"] for v in ours["video"]]
         s["video_per_frame_spread"] = max(per) / min(per)
+    if "int4" in ours:
+        s["int4_decode_x_float"] = ours["int4"]["speedup"]
+        if "speedup_vs_int8" in ours["int4"]:
+            s["int4_decode_x_int8"] = ours["int4"]["speedup_vs_int8"]
+        s["int4_top1_agreement"] = ours["int4"]["top1_agreement"]
     if "int8" in ours:
         s["int8_decode_x_float"] = ours["int8"]["speedup"]
         if ceil and ceil.get("int8_matvec_gbs"):
             s["int8_decode_pct_of_int8_matvec"] = (100 * ours["int8"]["decode_bytes_per_token_int8"]
                                                    * ours["int8"]["decode_tok_s_int8"] / 1e9 / ceil["int8_matvec_gbs"])
+    if r.get("peer"):
+        from .peer import compare
+        s.update(compare(ours, r["peer"]))
+        if "skipped" in r["peer"]:
+            s["peer_skipped"] = r["peer"]["skipped"]
     load = r.get("load")
     if load and "peak_over_weights" in load:
         s["load_peak_rss_over_weights"] = load["peak_over_weights"]
@@ -641,7 +686,9 @@ def format_table(r: dict) -> str:
               "decode_gb_s", "decode_pct_of_matvec", "decode_pct_of_matvec_interleaved",
               "decode_pct_of_matvec_sustained", "load_peak_rss_over_weights",
               "greedy_tokens_equal", "greedy_first_difference",
-              "video_per_frame_spread", "int8_decode_x_float", "int8_decode_pct_of_int8_matvec"):
+              "video_per_frame_spread", "int8_decode_x_float", "int8_decode_pct_of_int8_matvec",
+              "int4_decode_x_float", "int4_decode_x_int8", "int4_top1_agreement",
+              "decode_x_llamacpp_bf16", "decode_x_llamacpp_q8_0", "decode_x_llamacpp_q4_0", "peer_skipped"):
         if k in s:
             value = f"{s[k]:.2f}" if isinstance(s[k], float) else str(s[k])
             lines.append(f"  {k}: {value}" + (f"   ({MEANINGS[k]})" if k in MEANINGS else ""))
@@ -649,9 +696,10 @@ def format_table(r: dict) -> str:
         lines.append("  " + greedy_verdict(r))
     for v in ours.get("video", []):
         lines.append(f"  video ours {v['frames']} frames: {v['s']:.2f} s ({v['s_per_frame'] * 1e3:.1f} ms/frame)")
-    if "int8" in ours:
-        q = ours["int8"]
-        lines.append(f"  int8: {q['decode_tok_s_int8']:.2f} t/s vs {q['decode_tok_s_float']:.2f} t/s float "
-                     f"({q['speedup']:.2f}x), top-1 agreement {q['top1_agreement']:.3f}, "
-                     f"logits rel err {q['logits_rel_err']:.4f}")
+    for kind in ("int8", "int4"):
+        if kind in ours:
+            q = ours[kind]
+            lines.append(f"  {kind}: {q[f'decode_tok_s_{kind}']:.2f} t/s vs {q['decode_tok_s_float']:.2f} t/s float "
+                         f"({q['speedup']:.2f}x), top-1 agreement {q['top1_agreement']:.3f}, "
+                         f"logits rel err {q['logits_rel_err']:.4f}")
     return "\n".join(lines)

@@ -24,9 +24,14 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                    help="weight dtype for both implementations (default bfloat16)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--quantize", choices=["int8"], help="also measure weight-only int8 decoding and its error")
+    p.add_argument("--quantize", choices=["int8", "int4", "int8,int4"],
+                   help="also measure weight-only int8 and/or group-wise int4 decoding and its error against the "
+                        "floating-point model (int8,int4: both, in alternating rounds)")
     p.add_argument("--quantize-vision", action="store_true", help="with --quantize: the tower too")
     p.add_argument("--compile", action="store_true", help="torch.compile our decode step (engine.Engine)")
+    p.add_argument("--peer", choices=["llama.cpp"],
+                   help="also run the checkpoint through llama.cpp (GGUF BF16/F16, Q8_0, Q4_0 via its converter and "
+                        "llama-bench; skipped with the reason when llama.cpp is not installed)")
     p.add_argument("--skip-reference", action="store_true", help="do not run transformers")
     p.add_argument("--skip-ceilings", action="store_true", help="do not measure the machine's ceilings")
     p.add_argument("--skip-load-probe", action="store_true", help="do not measure the peak RSS of loading alone")

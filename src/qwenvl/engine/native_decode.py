@@ -4,7 +4,7 @@ A decoding step on a CPU reads every weight once; between those reads the Python
 each, and they run cold: the weight stream evicts the interpreter's and torch's working set from the
 caches. On 2 EPYC cores that cost ~40 ms of a ~370 ms 3B step. `NativeDecoder` runs the layers of a step
 in one call where the model and the cache are in formats decode.c reads (fused q/k/v and gate/up, SiLU,
-bfloat16 or int8 weights, a bfloat16 cache, float32 activations); everywhere else, and for prefill, it
+bfloat16, int8 or int4 weights, a bfloat16 cache, float32 activations); everywhere else, and for prefill, it
 calls the model's own forward. Embedding, positions, the mask (`TextModel.prepare`) and the final norm stay
 the model's, so both paths share them.
 """
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .. import kernels
 from ..model.layers import UPCAST_MIN_ROWS, Linear, compute_dtype
 from ..model.text import KVCache, TextModel
+from .int4 import Int4Linear
 from .quantize import Int8Linear
 
 
@@ -25,6 +26,8 @@ def _linear_spec(mod) -> kernels.LinearSpec | None:
         return kernels.linear_spec(mod.weight, None, mod.bias)
     if type(mod) is Int8Linear:
         return kernels.linear_spec(mod.qweight, mod.scale, mod.bias)
+    if type(mod) is Int4Linear and mod.native:
+        return kernels.linear_spec_int4(mod.qweight, mod.scales, mod.zeros, mod.bias)
     return None  # anything else (unfused projections, float32 weights, adapters): the model's forward
 
 

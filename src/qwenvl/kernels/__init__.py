@@ -1,5 +1,5 @@
-"""Native CPU kernels for decoding (gemv.c, decode.c) and many-row products (gemm.c), built on first use with
-the system C compiler.
+"""Native CPU kernels for decoding (gemv.c, decode.c, int4.c) and many-row products (gemm.c), built on first
+use with the system C compiler.
 
 Decoding reads every weight once per token, so its speed is the speed of the matrix-vector products. On
 an x86 CPU without bf16 matrix instructions, aten's bf16 and weight-only int8 products are compute-bound
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name(name) for name in ("gemv.c", "decode.c", "gemm.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("gemv.c", "decode.c", "gemm.c", "int4.c")]
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
 
@@ -94,6 +94,8 @@ def _library() -> ctypes.CDLL | None:
     f32 = ctypes.c_float
     lib.qwenvl_decode_layers.argtypes = [p, n, p, n, n, n, n, n, n, n, n, f32, f32, p, p, p, p, p, p]
     lib.qwenvl_gemm.argtypes = [p, n, p, i, p, p, i, p, n, n, n, n]
+    lib.qwenvl_gemv_int4.argtypes = [p, p, p, p, p, p, n, n, n, n, p, p, p]
+    lib.qwenvl_gemv_int4.restype = None
     lib.qwenvl_decode_work.argtypes = [n] * 7
     lib.qwenvl_decode_work.restype = n
     lib.qwenvl_gemm.restype = i
@@ -218,6 +220,23 @@ def gemv_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, b: torch.Te
     return y
 
 
+def gemv_int4(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+              b: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] float32 @ W.T + b for 4-bit W in engine/int4.py's format: q uint8 [N, K / 2], scales float32
+    and zeros uint8 [N, G], b float32 [N] or None (all contiguous) -> [..., N] float32 (int4.c: activations
+    rounded to int16 per group, exact integer sums per group). Check `applies` first."""
+    x = x if x.is_contiguous() else x.contiguous()
+    (N, G), K = scales.shape, x.shape[-1]
+    M = x.numel() // K
+    b = None if b is None else b.float().contiguous()
+    y = torch.empty(*x.shape[:-1], N)
+    xq, xs, xsum = torch.empty(M, K, dtype=torch.int16), torch.empty(M, G), torch.empty(M, G, 8, dtype=torch.int32)
+    _library().qwenvl_gemv_int4(x.data_ptr(), q.data_ptr(), scales.data_ptr(), zeros.data_ptr(),
+                                None if b is None else b.data_ptr(), y.data_ptr(), M, N, K, K // G,
+                                xq.data_ptr(), xs.data_ptr(), xsum.data_ptr())
+    return y
+
+
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for gate_up [..., 2H] = [gate | up] float32 (contiguous) -> [..., H] float32 in one pass
     (a decoding row: a few microseconds, on the calling thread; 64 rows or more: on all threads)."""
@@ -258,9 +277,11 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 # ------------------------------------------------------------------------------ a whole decoding step (decode.c)
 
 class LinearSpec(ctypes.Structure):
-    """One projection as decode.c reads it (qwenvl_linear): kind 0 bfloat16, 1 int8 [N, K], 2 int8 packed."""
+    """One projection as decode.c reads it (qwenvl_linear): kind 0 bfloat16, 1 int8 [N, K], 2 int8 packed,
+    3 int4 (engine/int4.py's format: zeros and group too)."""
     _fields_ = [("kind", ctypes.c_long), ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p),
-                ("bias", ctypes.c_void_p), ("bias_bf16", ctypes.c_long), ("N", ctypes.c_long), ("K", ctypes.c_long)]
+                ("bias", ctypes.c_void_p), ("bias_bf16", ctypes.c_long), ("N", ctypes.c_long), ("K", ctypes.c_long),
+                ("zeros", ctypes.c_void_p), ("group", ctypes.c_long)]
 
 
 class LayerSpec(ctypes.Structure):
@@ -291,6 +312,19 @@ def linear_spec(w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.
     else:
         return None
     return LinearSpec(kind, w.data_ptr(), None if scale is None else scale.data_ptr(), *_bias_args(bias), N, K)
+
+
+def linear_spec_int4(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None
+                     ) -> LinearSpec | None:
+    """An Int4Linear (engine/int4.py) for `decode_layers`: qweight uint8 [N, K / 2], scales float32 and zeros
+    uint8 [N, G], bias float32 [N] or None; None where decode.c does not read it."""
+    tensors = (qweight, scales, zeros) + (() if bias is None else (bias,))
+    if not all(t.is_cpu and t.is_contiguous() for t in tensors) or scales.dtype != torch.float32 or (
+            bias is not None and bias.dtype != torch.float32):
+        return None
+    (N, G), K = scales.shape, qweight.shape[1] * 2
+    return LinearSpec(3, qweight.data_ptr(), scales.data_ptr(), None if bias is None else bias.data_ptr(), 0, N, K,
+                      zeros.data_ptr(), K // G)
 
 
 def layer_spec(attn_norm: torch.Tensor, mlp_norm: torch.Tensor, qkv: LinearSpec, o: LinearSpec,

@@ -26,17 +26,21 @@ void qwenvl_attend_bf16(const float* q, const uint16_t* k, const uint16_t* v, co
                         float scale);
 void qwenvl_rms_norm(const float* x, const void* w, int w_bf16, float* out, long M, long D, float eps);
 void qwenvl_silu_mul(const float* gu, float* out, long M, long H);
+void qwenvl_gemv_int4(const float* x, const uint8_t* q, const float* s, const uint8_t* z, const float* b, float* y,
+                      long M, long N, long K, long group, int16_t* xq, float* xs, int32_t* xsum);
 
 /* Weight formats (kernels/__init__.py builds these from the model's layers; same field order there) */
-enum { LINEAR_BF16 = 0, LINEAR_INT8 = 1, LINEAR_INT8_PACKED = 2 };
+enum { LINEAR_BF16 = 0, LINEAR_INT8 = 1, LINEAR_INT8_PACKED = 2, LINEAR_INT4 = 3 };
 
 typedef struct {
     long kind;
-    const void* w;        /* bfloat16 [N, K], or int8 [N, K] or packed (pack_int8) */
-    const float* scale;   /* int8: [N] */
-    const void* bias;     /* [N] float32 or bfloat16, or NULL */
+    const void* w;        /* bfloat16 [N, K], or int8 [N, K] or packed (pack_int8), or int4 (int4.c) */
+    const float* scale;   /* int8: [N]; int4: [N, K / group] */
+    const void* bias;     /* [N] float32 or bfloat16 (int4: float32), or NULL */
     long bias_bf16;
     long N, K;
+    const uint8_t* zeros; /* int4: [N, K / group] */
+    long group;           /* int4 */
 } qwenvl_linear;
 
 typedef struct {
@@ -49,9 +53,18 @@ typedef struct {
     uint16_t* v;
 } qwenvl_layer;
 
-static void linear(const qwenvl_linear* l, const float* x, float* y, long M) {
+/* int4 scratch (rounded activations and their group sums, int4.c) for M rows of K inputs, in floats */
+static long int4_work(long M, long K) { return M * (K / 2 + 9 * (K / 32)); }
+
+static void linear(const qwenvl_linear* l, const float* x, float* y, long M, float* work4) {
     int bb = (int)l->bias_bf16;
-    if (l->kind == LINEAR_BF16)
+    if (l->kind == LINEAR_INT4) {
+        long G = l->K / l->group;
+        int16_t* xq = (int16_t*)work4;
+        float* xs = work4 + M * l->K / 2;
+        qwenvl_gemv_int4(x, (const uint8_t*)l->w, l->scale, l->zeros, (const float*)l->bias, y, M, l->N, l->K,
+                         l->group, xq, xs, (int32_t*)(xs + M * G));
+    } else if (l->kind == LINEAR_BF16)
         qwenvl_gemv_bf16(x, (const uint16_t*)l->w, l->bias, bb, y, M, l->N, l->K);
     else if (l->kind == LINEAR_INT8)
         qwenvl_gemv_int8(x, (const int8_t*)l->w, l->scale, l->bias, bb, y, M, l->N, l->K);
@@ -79,8 +92,9 @@ static inline void rope(float* x, const float* cos, const float* sin, long D) {
 
 /* Work space for `qwenvl_decode_layers`, in floats */
 long qwenvl_decode_work(long M, long E, long Hq, long Hkv, long D, long I, long S) {
-    long G = Hq / Hkv;
-    return M * (E + (Hq + 2 * Hkv) * D + 2 * Hq * D + 3 * I) + M * Hkv * ((G + 7) / 8) * (S + D) * 8;
+    long G = Hq / Hkv, K = E > I ? E : I;
+    K = K > Hq * D ? K : Hq * D;
+    return M * (E + (Hq + 2 * Hkv) * D + 2 * Hq * D + 3 * I) + M * Hkv * ((G + 7) / 8) * (S + D) * 8 + int4_work(M, K);
 }
 
 /* All layers for M rows: x [M, E] float32, updated in place (the residual stream); cos, sin [M, D] float32;
@@ -92,10 +106,11 @@ void qwenvl_decode_layers(const qwenvl_layer* layers, long n_layers, float* x, l
     long QKV = (Hq + 2 * Hkv) * D;
     float *h = work, *qkv = h + M * E, *q = qkv + M * QKV, *att = q + M * Hq * D, *gu = att + M * Hq * D,
           *act = gu + M * 2 * I, *scratch = act + M * I;
+    float* work4 = scratch + M * Hkv * ((Hq / Hkv + 7) / 8) * (S + D) * 8;  /* after the attention's scratch */
     for (long i = 0; i < n_layers; i++) {
         const qwenvl_layer* L = layers + i;
         qwenvl_rms_norm(x, L->attn_norm, (int)L->attn_norm_bf16, h, M, E, eps);
-        linear(&L->qkv, h, qkv, M);
+        linear(&L->qkv, h, qkv, M, work4);
         for (long m = 0; m < M; m++) {
             float* r = qkv + m * QKV;  /* [Hq + 2 Hkv heads][D]: q heads, k heads, v heads */
             for (long hd = 0; hd < Hq + Hkv; hd++) rope(r + hd * D, cos + m * D, sin + m * D, D);
@@ -111,12 +126,12 @@ void qwenvl_decode_layers(const qwenvl_layer* layers, long n_layers, float* x, l
             }
         }
         qwenvl_attend_bf16(q, L->k, L->v, rows, mask, att, scratch, M, Hq, Hkv, S, S_max, D, attn_scale);
-        linear(&L->o, att, h, M);
+        linear(&L->o, att, h, M, work4);
         for (long j = 0; j < M * E; j++) x[j] += h[j];
         qwenvl_rms_norm(x, L->mlp_norm, (int)L->mlp_norm_bf16, h, M, E, eps);
-        linear(&L->gate_up, h, gu, M);
+        linear(&L->gate_up, h, gu, M, work4);
         qwenvl_silu_mul(gu, act, M, I);
-        linear(&L->down, act, h, M);
+        linear(&L->down, act, h, M, work4);
         for (long j = 0; j < M * E; j++) x[j] += h[j];
     }
 }

@@ -41,15 +41,23 @@ def fuse_projections(model: nn.Module) -> nn.Module:
     owners = [owner for layer in layers for owner in (layer.self_attn, layer.mlp)]
     if hasattr(model, "visual"):
         owners += [block.mlp for block in model.visual.blocks]
+    from ..engine.int4 import Int4Linear  # 4-bit checkpoints (AWQ) fuse too
+
     for owner in owners:
         for fused_name, names in GROUPS.items():
-            if not all(isinstance(getattr(owner, n, None), nn.Linear) for n in names):
+            parts = [getattr(owner, n, None) for n in names]
+            if all(isinstance(p, nn.Linear) for p in parts):
+                fused = fuse_linears(parts)
+            elif all(isinstance(p, Int4Linear) for p in parts):
+                fused = Int4Linear.cat(parts)
+            else:
+                fused = None
+            if fused is None:
                 continue
-            parts = [getattr(owner, n) for n in names]
-            setattr(owner, fused_name, fuse_linears(parts))
+            setattr(owner, fused_name, fused)
             for n, p in zip(names, parts):
                 delattr(owner, n)
-                for t in (p.weight, p.bias):
+                for t in (getattr(p, "weight", None), p.bias):
                     if t is not None:
                         release_pages(t)
     return model

@@ -17,7 +17,7 @@ from ..config import QwenVLConfig
 from .rope import mrope_positions
 from .layers import Linear
 from .text import KVCache, TextModel, causal_padding_mask
-from .vision import VisionTransformer
+from .vision_qwen2 import vision_tower
 
 
 @dataclass
@@ -31,7 +31,7 @@ class QwenVL(nn.Module):
     def __init__(self, config: QwenVLConfig):
         super().__init__()
         self.config = config
-        self.visual = VisionTransformer(config.vision)
+        self.visual = vision_tower(config.vision)  # Qwen2.5-VL's, or Qwen2-VL's (model_type qwen2_vl)
         self.language_model = TextModel(config.text)
         self.lm_head = Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
         if config.text.tie_word_embeddings:

@@ -4,7 +4,8 @@ Rules (those of the Qwen release, transformers 4.51.3 and vLLM), each pinned by 
 - text advances by one per token on all three rows (time, height, width);
 - a vision span starts at the current position; an image has t-index 0; a video's t-index for
   temporal grid k is floor(k * second_per_grid_t * tokens_per_second), multiplied first and floored
-  last (in float32, as the reference) so that 0.5 s grids do not collapse to 0;
+  last (in float32, as the reference) so that 0.5 s grids do not collapse to 0; Qwen2-VL
+  (model_type qwen2_vl) uses k itself and ignores the timing;
 - h/w are the row and column in the merged (2x2) grid;
 - text after a vision span resumes at max(all three rows so far) + 1, not at start + token count;
 - padding (attention_mask == 0) is skipped; pad columns get position 1 like the reference;
@@ -35,6 +36,7 @@ def mrope_positions(
         attention_mask = torch.ones_like(input_ids)
     merge = config.vision.spatial_merge_size
     tps = config.vision.tokens_per_second
+    frame_index = config.model_type == "qwen2_vl"  # Qwen2-VL: a video's t-index is the temporal grid index
     img = image_grid_thw.tolist() if image_grid_thw is not None else []
     vid = video_grid_thw.tolist() if video_grid_thw is not None else []
     if second_per_grid_ts is None:
@@ -74,8 +76,11 @@ def mrope_positions(
                 t, h, w = vid[n_vid]
                 step = torch.tensor(spg[n_vid], dtype=torch.float32)
                 n_vid += 1
-                # float32, range * seconds first, then * tokens_per_second, then floor: the reference's order
-                t_index = (torch.arange(t) * step * tps).long()
+                if frame_index:
+                    t_index = torch.arange(t)
+                else:
+                    # float32, range * seconds first, then * tokens_per_second, then floor: the reference's order
+                    t_index = (torch.arange(t) * step * tps).long()
             h, w = h // merge, w // merge
             block = torch.stack([
                 t_index.view(-1, 1, 1).expand(t, h, w).flatten(),

@@ -91,6 +91,9 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
         raise FileNotFoundError(f"{path} is not a directory (expected a Hugging Face checkpoint folder)")
     check = check_weights_default() if check_weights is None else check_weights
     config = config or QwenVLConfig.from_file(path)
+    from ..engine.awq import load_awq_model, read_quantization
+    if (quant := read_quantization(path)) is not None:  # AWQ: the 4-bit weights stay 4-bit (engine/awq.py)
+        return load_awq_model(path, config, dtype, device, quant)
     files = weight_files(path)
 
     with torch.device("meta"):
