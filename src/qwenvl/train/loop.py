@@ -156,13 +156,13 @@ class Trainer:
                                 chunk=cfg.chunk, fps_range=cfg.fps_range, on_bad=cfg.on_bad_record, seed=cfg.seed)
         pad = self.processor.tokenizer.pad_token_id or 0
 
-        def stream(data: str):
+        def stream(data: str, synth: dict | None = None):
             return make_stream(data, self.processor, self.model.config, self.opts, self.rank, self.world, pad,
-                               self.stage.dpo, cfg.data_root, cfg.synth)
+                               self.stage.dpo, cfg.data_root, {**(cfg.synth or {}), **(synth or {})})
 
-        if cfg.curriculum:
-            self.stream = Curriculum([(int(st["steps"]), stream(st["data"])) for st in cfg.curriculum],
-                                     cfg.grad_accum)
+        if cfg.curriculum:  # a stage may set its own generator options ("synth": {"objects": [1, 2]})
+            self.stream = Curriculum([(int(st["steps"]), stream(st["data"], st.get("synth")))
+                                      for st in cfg.curriculum], cfg.grad_accum)
         elif cfg.data:
             self.stream = stream(cfg.data)
         else:
