@@ -30,7 +30,8 @@ class Sequence:
     media: dict = field(default_factory=dict)
     eos_ids: tuple[int, ...] = ()
     output_ids: list[int] = field(default_factory=list)
-    finish_reason: str | None = None   # "stop" | "length" | "abort"
+    finish_reason: str | None = None   # "stop" | "length" | "abort" | "error"
+    error: Exception | None = None     # why this sequence failed (finish_reason "error"); the others go on
     slot: int = -1
     delta: int = 0
     generator: torch.Generator | None = None
@@ -111,6 +112,8 @@ class Engine:
         mask = torch.ones(L, L, dtype=torch.bool, device=self.device).tril()[None, None]
         hidden = self.model.language_model(embeds, positions.to(self.device), mask, self.cache, rows)
         logits = self.model.logits(hidden[:, -1])[0]
+        if torch.isnan(logits).any():
+            raise FloatingPointError("the model produced NaN logits for this prompt")
         token = self._pick(seq, logits)
         seq.timings.update(vision_s=t1 - t0, prefill_s=time.perf_counter() - t0, decode_s=0.0)
         return token
@@ -134,7 +137,18 @@ class Engine:
         embeds = self.model.language_model.embed_tokens(tokens)
         hidden = self.decoder(embeds, positions, mask, self.cache, rows)
         logits = self.model.logits(hidden[:, -1])
-        out = [(s, self._pick(s, logits[i])) for i, s in enumerate(running)]
+        # A failure in one sequence's sampling (NaN logits, an exception in its sampler) ends that
+        # sequence only, with `error` set; the others in the batch go on. One sync for the whole batch.
+        nan = torch.isnan(logits).any(-1).tolist()
+        out = []
+        for i, s in enumerate(running):
+            try:
+                if nan[i]:
+                    raise FloatingPointError("the model produced NaN logits for this sequence")
+                out.append((s, self._pick(s, logits[i])))
+            except Exception as e:
+                s.error = e
+                s.finish("error")
         dt = time.perf_counter() - t0
         for s in running:
             s.timings["decode_s"] = s.timings.get("decode_s", 0.0) + dt

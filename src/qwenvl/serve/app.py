@@ -15,6 +15,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from ..engine.engine import Engine, Sequence
 from ..pipeline import Pipeline
 from . import protocol
 from .errors import APIError, bad_request
-from .media import MediaPolicy, load_conversation, remove_files
+from .media import Budget, MediaPolicy, load_conversation, remove_files
 from .metrics import Metrics
 from .scheduler import Handle, Scheduler
 
@@ -45,7 +46,10 @@ class ServerSettings:
     request_timeout: float | None = 600.0
     api_key: str | None = None
     max_n: int = 8
-    max_request_bytes: int = 100 * 2**20
+    max_request_bytes: int = 100 * 2**20   # also for chunked bodies: reading stops at the limit
+    max_prompt_chars: int | None = None  # text characters per request; None: 16 per token of max_model_len
+    max_stop: int = 16                   # stop strings per request
+    max_stop_chars: int = 1000           # characters per stop string
     preprocess_workers: int = 2
     shutdown_timeout: float = 30.0       # how long shutdown lets in-flight work finish
     media: MediaPolicy = field(default_factory=MediaPolicy)
@@ -167,25 +171,32 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
             raise
         finally:
             metrics.add("preprocessing", -1)
-        if req.stream:
-            metrics.count("requests", "200")
+        if req.stream:   # counted once it ends: 200, 499 (client gone) or the error's status
             return StreamingResponse(stream(req, handle), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                                      background=BackgroundTask(scheduler.cancel, handle))
         return await complete(req, handle, request)
 
     async def read_request(request: Request) -> protocol.ChatRequest:
+        limit = settings.max_request_bytes
+        too_large = APIError(413, f"the request body is over the limit of {limit} bytes", code="body_too_large")
         size = request.headers.get("content-length")
-        if size and size.isdigit() and int(size) > settings.max_request_bytes:
-            raise APIError(413, f"the request body is over the limit of {settings.max_request_bytes} bytes")
-        raw = await request.body()
-        if len(raw) > settings.max_request_bytes:
-            raise APIError(413, f"the request body is over the limit of {settings.max_request_bytes} bytes")
+        if size and size.isdigit() and int(size) > limit:
+            raise too_large
+        # Read piece by piece and stop at the limit: a chunked body has no length to check up front.
+        raw = bytearray()
+        async for piece in request.stream():
+            raw += piece
+            if len(raw) > limit:
+                raise too_large
         try:
             body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise bad_request(f"malformed JSON in the request body: {e}", code="invalid_json") from None
-        return protocol.parse_chat_request(body, max_n=settings.max_n)
+        except RecursionError:
+            raise bad_request("malformed JSON in the request body: nested too deeply", code="invalid_json") from None
+        except ValueError as e:   # JSONDecodeError, not UTF-8, an integer of over 4300 digits
+            raise bad_request(f"malformed JSON in the request body: {str(e)[:200]}", code="invalid_json") from None
+        return protocol.parse_chat_request(body, max_n=settings.max_n, max_stop=settings.max_stop,
+                                           max_stop_chars=settings.max_stop_chars)
 
     async def complete(req: protocol.ChatRequest, handle: Handle, request: Request):
         texts = [""] * req.n
@@ -227,6 +238,7 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
 
     async def stream(req: protocol.ChatRequest, handle: Handle):
         name = settings.model_name
+        status = "499"   # unless it ends otherwise: the client went away (the response task is cancelled)
 
         def sse(obj) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
@@ -249,17 +261,28 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
                         u = event[1]
                         yield sse(protocol.chunk(req, name, [], protocol.usage(u["prompt_tokens"],
                                                                                u["completion_tokens"])))
+                    status = "200"
                     break
                 elif kind == "error":
+                    status = str(event[1].status)
                     yield sse(event[1].body())
                     break
                 elif kind == "cancelled":
                     return
             yield "data: [DONE]\n\n"
         finally:   # also runs when the client disconnects and the response task is cancelled
+            metrics.count("requests", status)
             scheduler.cancel(handle)
 
     return app
+
+
+MEDIA_ERROR = re.compile(r"^(image|video) (\d+) \(")   # how the processor names the item that failed
+
+
+def prompt_chars(req: protocol.ChatRequest) -> int:
+    return sum(len(m["content"]) if isinstance(m["content"], str) else
+               sum(len(p.get("text", "")) for p in m["content"]) for m in req.messages)
 
 
 def prepare(pipe: Pipeline, req: protocol.ChatRequest, settings: ServerSettings, max_len: int) -> list[Sequence]:
@@ -268,15 +291,27 @@ def prepare(pipe: Pipeline, req: protocol.ChatRequest, settings: ServerSettings,
         params = pipe.sampling_params(max_new_tokens=1, **req.sampling)
     except (TypeError, ValueError) as e:
         raise bad_request(str(e)) from None
-    conversation, temp = load_conversation(req.messages, req.media, settings.media)
+    # Cheap checks first: text length before tokenizing, media headers and token counts before decoding.
+    max_chars = settings.max_prompt_chars or 16 * max_len
+    if prompt_chars(req) > max_chars:
+        raise bad_request(f"the messages hold {prompt_chars(req)} characters of text, over the limit of {max_chars} "
+                          f"(--max-prompt-chars) for this model's context of {max_len} tokens", "messages",
+                          code="context_length_exceeded")
+    proc = pipe.processor
+    budget = Budget(settings.media, proc.settings, proc.spec, max_tokens=max_len)
+    conversation, temp = load_conversation(req.messages, req.media, settings.media, budget)
     try:
         seq, _ = pipe.sequence(conversation, params)
     except APIError:
         raise
-    except (ValueError, TypeError, KeyError, OSError) as e:
+    except (ValueError, TypeError, KeyError, OSError, ArithmeticError, IndexError) as e:
         # the processor's own length check (its tokenizer's model_max_length) says "context"
         code = "context_length_exceeded" if "context" in str(e) else "processing_failed"
-        raise bad_request(f"the request could not be processed: {e}", "messages", code=code) from None
+        param = "messages"
+        m = MEDIA_ERROR.match(str(e))
+        if m and int(m[2]) <= len(req.media) and req.media[int(m[2]) - 1].kind == m[1]:
+            param = req.media[int(m[2]) - 1].param   # blame the part, not the whole request
+        raise bad_request(f"{param}: the request could not be processed: {str(e)[:500]}", param, code=code) from None
     finally:
         remove_files(temp)
     n_prompt = len(seq.prompt_ids)

@@ -63,6 +63,16 @@ class Handle:
         return len(self.jobs[0].seq.prompt_ids) if self.jobs else 0
 
 
+def sequence_error(e: Exception) -> APIError:
+    """The error for a request whose sequence failed: a ValueError comes from its own sampling
+    parameters (400), anything else is ours (500)."""
+    if isinstance(e, ValueError):
+        return APIError(400, f"generation failed: {e}", code="sampling_failed")
+    log.error("a sequence failed: %s: %s", type(e).__name__, e)
+    return APIError(500, f"internal error while generating this request ({type(e).__name__})",
+                    code="generation_failed")
+
+
 class Scheduler:
     def __init__(self, engine: Engine, tokenizer, metrics: Metrics, max_queue: int = 256):
         self.engine = engine
@@ -197,7 +207,8 @@ class Scheduler:
             try:
                 token = self.engine.add(job.seq)
             except Exception as e:
-                log.exception("prefill failed")
+                if not isinstance(e, ValueError):
+                    log.exception("prefill failed")
                 self.engine.release(job.seq)
                 self._fail(h, APIError(500 if not isinstance(e, ValueError) else 400, f"prefill failed: {e}",
                                        code="prefill_failed"))
@@ -213,6 +224,8 @@ class Scheduler:
         pairs = self.engine.step()
         if pairs:
             self.metrics.step(len(pairs))
+        for job in [j for j in self.running.values() if j.seq.error is not None]:
+            self._fail(job.handle, sequence_error(job.seq.error))   # that request only; the batch goes on
         for seq, token in pairs:
             job = self.running.get(id(seq))
             if job is not None:
