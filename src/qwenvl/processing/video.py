@@ -46,7 +46,7 @@ def sniff_container(head: bytes) -> str | None:
     return None
 
 
-def open_container(path: str, **kwargs):
+def open_container(path: str, what: str = "the data", **kwargs):
     """av.open a local file as the container its magic numbers say (never a playlist), or an http(s)
     URL with the demuxers limited to VIDEO_DEMUXERS. ValueError when the bytes are no allowed container."""
     import av
@@ -56,8 +56,8 @@ def open_container(path: str, **kwargs):
         with open(path, "rb") as f:
             fmt = sniff_container(f.read(256))
         if fmt is None:
-            raise ValueError("the data is not a supported video container (MP4/MOV, Matroska/WebM, AVI, "
-                             "MPEG-TS/PS, GIF or FLV)")
+            raise ValueError(f"could not decode {what}: not a supported video container (MP4/MOV, "
+                             "Matroska/WebM, AVI, MPEG-TS/PS, GIF or FLV)")
     return av.open(path, format=fmt, options={"format_whitelist": VIDEO_DEMUXERS}, **kwargs)
 
 
@@ -160,7 +160,7 @@ def read_video(path: str, item: dict, settings: MediaSettings = DEFAULT_SETTINGS
     what = f"video {_describe(path)}"
     try:
         opts = {"timeout": settings.http_timeout} if path.startswith(("http://", "https://")) else {}
-        with open_container(path, **opts) as c:
+        with open_container(path, what, **opts) as c:
             stream, fps, total = _probe(c, what)
             if total <= 0:   # no frame count in the container: count by demuxing
                 total = sum(1 for p in c.demux(stream) if p.size)
@@ -173,7 +173,7 @@ def read_video(path: str, item: dict, settings: MediaSettings = DEFAULT_SETTINGS
         for i in idx:
             wanted[i] = wanted.get(i, 0) + 1
         out, size, last = [], None, None
-        with open_container(path, **opts) as c:
+        with open_container(path, what, **opts) as c:
             stream = c.streams.video[0]
             stream.thread_type = "AUTO"
             for k, frame in enumerate(c.decode(stream)):
