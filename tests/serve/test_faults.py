@@ -9,18 +9,17 @@ answer does not reveal whether one exists); one request cannot harm the others i
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import ipaddress
 import json
-import math
+import os
 import random
 import socket
+import tempfile
 import threading
 import time
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -104,7 +103,11 @@ def test_playlist_data_uri_reads_no_file_and_leaks_no_existence(server, dirs, ki
     base, _ = server
     allowed, outside = dirs
     answers = []
-    for target in (outside / "secret.mp4", outside / "missing.mp4", allowed / "clip.mp4", "clip.mp4"):
+    # FFmpeg's concat demuxer refuses absolute names by default but follows relative ones, from the
+    # folder of the playlist: the temporary file a data URI is written to.
+    rel = lambda p: os.path.relpath(p, tempfile.gettempdir())
+    for target in (rel(outside / "secret.mp4"), rel(outside / "missing.mp4"), rel(allowed / "clip.mp4"),
+                   outside / "secret.mp4"):
         r = post(base, {"messages": video_part(data_uri(playlists(str(target))[kind], "video/mp4")),
                         "max_tokens": 2})
         err = error_of(r)
@@ -119,7 +122,7 @@ def test_playlist_files_and_the_library_path_are_refused(server, dirs):
 
     base, _ = server
     allowed, outside = dirs
-    (allowed / "list.mp4").write_bytes(playlists(str(outside / "secret.mp4"))["ffconcat"])
+    (allowed / "list.mp4").write_bytes(playlists("../outside/secret.mp4")["ffconcat"])
     err = error_of(post(base, {"messages": video_part(str(allowed / "list.mp4")), "max_tokens": 2}))
     assert err["param"] == URL and err["code"] == "invalid_video"
     with pytest.raises(ValueError, match="not a supported video container"):   # the processor on its own
@@ -547,7 +550,8 @@ def test_fuzzed_bodies_never_get_a_5xx(pipe, dirs):
     allowed, outside = dirs
     settings = ServerSettings(media=MediaPolicy(allowed_local_path=allowed))
     media = ["cat.png", "clip.mp4", str(outside / "secret.mp4"), data_uri(png_bytes(30, 30)),
-             data_uri(playlists(str(outside / "secret.mp4"))["ffconcat"]), "../outside/secret.mp4"]
+             data_uri(playlists(os.path.relpath(outside / "secret.mp4", tempfile.gettempdir()))["ffconcat"]),
+             "../outside/secret.mp4"]
     rng = random.Random(7)
     counts = {"ok": 0, "refused": 0}
     for _ in range(400):
