@@ -584,3 +584,17 @@ def test_fuzzed_bodies_over_http_leave_a_neighbour_unharmed(server, dirs):
     assert all(s < 500 for s in statuses), statuses
     assert result["r"].choices[0].message.content == alone
     good_request_works(base)
+
+
+def test_limit_flags_reach_the_settings():
+    from qwenvl.cli.main import build_parser
+    from qwenvl.cli.serve import settings_from_args
+
+    args = build_parser().parse_args(["serve", "--model", "x", "--max-request-pixels", "5000", "--max-request-bytes",
+                                      "999", "--max-prompt-chars", "77", "--max-stop-strings", "2",
+                                      "--max-stop-chars", "9"])
+    s = settings_from_args(args, "x")
+    assert (s.media.max_request_pixels, s.max_request_bytes, s.max_prompt_chars, s.max_stop, s.max_stop_chars) == \
+        (5000, 999, 77, 2, 9)
+    with pytest.raises(ValueError, match="max-prompt-chars"):
+        settings_from_args(build_parser().parse_args(["serve", "--model", "x", "--max-prompt-chars", "0"]), "x")
