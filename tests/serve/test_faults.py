@@ -598,3 +598,18 @@ def test_limit_flags_reach_the_settings():
         (5000, 999, 77, 2, 9)
     with pytest.raises(ValueError, match="max-prompt-chars"):
         settings_from_args(build_parser().parse_args(["serve", "--model", "x", "--max-prompt-chars", "0"]), "x")
+
+
+def test_a_client_gone_mid_body_is_499_not_500(pipe):
+    with running_server(pipe, max_batch=1) as (base, app, _):
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 5000\r\n\r\n{\"messages\": [")
+        end = time.monotonic() + 10
+        m = {}
+        while not m.get('qwenvl_requests_total{status="499"}') and time.monotonic() < end:
+            time.sleep(0.05)
+            m = parse_metrics(httpx.get(f"{base}/metrics").text)
+        assert m.get('qwenvl_requests_total{status="499"}') == 1 and not m.get('qwenvl_requests_total{status="500"}')
+        good_request_works(base)

@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..engine.engine import Engine, Sequence
 from ..pipeline import Pipeline
@@ -185,10 +186,14 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
             raise too_large
         # Read piece by piece and stop at the limit: a chunked body has no length to check up front.
         raw = bytearray()
-        async for piece in request.stream():
-            raw += piece
-            if len(raw) > limit:
-                raise too_large
+        try:
+            async for piece in request.stream():
+                raw += piece
+                if len(raw) > limit:
+                    raise too_large
+        except ClientDisconnect:   # gone before the body ended: nobody to answer, not a server error
+            raise APIError(499, "the client disconnected before the request body ended",
+                           code="client_disconnected") from None
         try:
             body = json.loads(raw)
         except RecursionError:
