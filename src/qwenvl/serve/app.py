@@ -297,9 +297,9 @@ def prepare(pipe: Pipeline, req: protocol.ChatRequest, settings: ServerSettings,
     except (TypeError, ValueError) as e:
         raise bad_request(str(e)) from None
     # Cheap checks first: text length before tokenizing, media headers and token counts before decoding.
-    max_chars = settings.max_prompt_chars or 16 * max_len
-    if prompt_chars(req) > max_chars:
-        raise bad_request(f"the messages hold {prompt_chars(req)} characters of text, over the limit of {max_chars} "
+    max_chars, chars = settings.max_prompt_chars or 16 * max_len, prompt_chars(req)
+    if chars > max_chars:
+        raise bad_request(f"the messages hold {chars} characters of text, over the limit of {max_chars} "
                           f"(--max-prompt-chars) for this model's context of {max_len} tokens", "messages",
                           code="context_length_exceeded")
     proc = pipe.processor
