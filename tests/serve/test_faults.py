@@ -339,36 +339,12 @@ def test_long_text_is_refused_before_tokenizing(server, pipe, monkeypatch):
     assert time.perf_counter() - t0 < 20
 
 
-def test_stop_strings_are_capped_and_matched_incrementally(server):
-    from qwenvl.processing.stops import StopMatcher
-
+def test_stop_strings_are_capped(server):
     base, _ = server
-    for stop in (["s" * 200_000], ["a"] * 100):
+    for stop in (["s" * 200_000], ["a"] * 100):   # one 200k-character stop string froze a neighbour for 28 s
         assert error_of(post(base, {"messages": TEXT, "stop": stop}))["param"] == "stop"
-    # the matcher agrees with a plain search, piece by piece
-    rng = random.Random(1)
-    for _ in range(300):
-        stops = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(1, 3))]
-        text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 30)))
-        m, fed = StopMatcher(stops), 0
-        while fed < len(text):
-            k = rng.randint(1, 4)
-            found = m.feed(text[fed:fed + k])
-            fed += k
-            seen = text[:fed]
-            hits = [seen.find(s) for s in stops if s in seen]
-            assert found == (min(hits) if hits else None)
-            if found is None:
-                assert m.pending == max((k for s in stops for k in range(1, len(s)) if seen.endswith(s[:k])),
-                                        default=0)
-            else:
-                break
-    # a long stop string costs O(1) per character, not O(len^2)
-    m = StopMatcher(["ab" * 500 + "c"])
-    t0 = time.perf_counter()
-    for _ in range(2000):
-        m.feed("ab")
-    assert m.match is None and m.pending == 1000 and time.perf_counter() - t0 < 2
+    r = post(base, {"messages": TEXT, "stop": ["ab" * 499 + "c"] * 16, "max_tokens": 8, "ignore_eos": True})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 8   # at the caps: fine
 
 
 def test_chunked_body_is_cut_at_the_limit(pipe):
