@@ -51,14 +51,17 @@ def open_container(path: str, what: str = "the data", **kwargs):
     URL with the demuxers limited to VIDEO_DEMUXERS. ValueError when the bytes are no allowed container."""
     import av
 
-    fmt = None
-    if not path.startswith(("http://", "https://")):
+    fmt, options = None, {"format_whitelist": VIDEO_DEMUXERS}
+    if path.startswith(("http://", "https://")):
+        options["protocol_whitelist"] = "http,https,tcp,tls"
+    else:
+        options["protocol_whitelist"] = "file"   # nothing inside a local file may reach the network
         with open(path, "rb") as f:
             fmt = sniff_container(f.read(256))
         if fmt is None:
             raise ValueError(f"could not decode {what}: not a supported video container (MP4/MOV, "
                              "Matroska/WebM, AVI, MPEG-TS/PS, GIF or FLV)")
-    return av.open(path, format=fmt, options={"format_whitelist": VIDEO_DEMUXERS}, **kwargs)
+    return av.open(path, format=fmt, options=options, **kwargs)
 
 
 def _round2(x: float) -> int:
