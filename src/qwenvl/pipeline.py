@@ -131,6 +131,8 @@ class Pipeline:
         delta = text.finish(seq.output_ids)
         if delta:
             yield delta
+        if seq.error is not None:   # the engine ended it (NaN logits, a failing sampler): say so, loudly
+            raise seq.error
         holder.append(self._result(seq, media, text, start))
 
     def _max_len(self, seqs: list[Sequence]) -> int:
@@ -154,6 +156,9 @@ class Pipeline:
                 t.update(s.output_ids)
                 if t.stopped:
                     s.finish("stop")
+        failed = [s.error for s in seqs if s.error is not None]
+        if failed:   # in a batch the others finished; the call still fails, as it would have before
+            raise failed[0]
         results = []
         for s, media in pairs:
             t = trackers[id(s)]

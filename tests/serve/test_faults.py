@@ -589,3 +589,29 @@ def test_a_client_gone_mid_body_is_499_not_500(pipe):
             m = parse_metrics(httpx.get(f"{base}/metrics").text)
         assert m.get('qwenvl_requests_total{status="499"}') == 1 and not m.get('qwenvl_requests_total{status="500"}')
         good_request_works(base)
+
+
+def test_the_library_raises_a_failed_sequence(pipe, monkeypatch):
+    """Outside the server, a sequence the engine ended with an error fails the call instead of
+    returning a cut answer."""
+    import qwenvl.engine.engine as engine_mod
+
+    real = engine_mod.next_token
+
+    def broken(*args):
+        raise RuntimeError("sampler bug")
+
+    monkeypatch.setattr(engine_mod, "next_token", broken)
+    with pytest.raises(RuntimeError, match="sampler bug"):   # the first token (prefill) raises directly
+        pipe.chat(TEXT, max_new_tokens=4, temperature=0)
+    calls = {"n": 0}
+
+    def later(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("sampler bug at step 2")
+        return real(*args)
+
+    monkeypatch.setattr(engine_mod, "next_token", later)
+    with pytest.raises(RuntimeError, match="step 2"):
+        pipe.chat(TEXT, max_new_tokens=4, temperature=0)
