@@ -615,3 +615,26 @@ def test_the_library_raises_a_failed_sequence(pipe, monkeypatch):
     monkeypatch.setattr(engine_mod, "next_token", later)
     with pytest.raises(RuntimeError, match="step 2"):
         pipe.chat(TEXT, max_new_tokens=4, temperature=0)
+
+
+def test_media_loading_stops_at_the_deadline(pipe, dirs, monkeypatch):
+    """Many slow sources (each under its own fetch timeout) must not hold a worker past the request's."""
+    import qwenvl.serve.media as media
+    from qwenvl.serve.app import ServerSettings, prepare
+    from qwenvl.serve.media import MediaPolicy
+    from qwenvl.serve.protocol import parse_chat_request
+
+    real = media.read_source
+
+    def slow(*args):
+        time.sleep(0.2)
+        return real(*args)
+
+    monkeypatch.setattr(media, "read_source", slow)
+    settings = ServerSettings(media=MediaPolicy(allowed_local_path=dirs[0]))
+    body = {"messages": [{"role": "user", "content": [{"type": "video", "video": ["cat.png"] * 50}]}]}
+    t0 = time.perf_counter()
+    with pytest.raises(APIError) as e:
+        prepare(pipe, parse_chat_request(body), settings, 1024, deadline=time.perf_counter() + 0.5)
+    assert e.value.status == 504 and e.value.param.startswith("messages[0].content[0].video[")
+    assert time.perf_counter() - t0 < 2

@@ -157,7 +157,8 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
                         deadline=arrival + settings.request_timeout if settings.request_timeout else None)
         metrics.add("preprocessing", 1)
         try:
-            seqs = await asyncio.get_running_loop().run_in_executor(executor, prepare, pipe, req, settings, max_len)
+            seqs = await asyncio.get_running_loop().run_in_executor(executor, prepare, pipe, req, settings, max_len,
+                                                                   handle.deadline)
             if handle.deadline is not None and time.perf_counter() > handle.deadline:
                 raise APIError(504, f"the request did not finish within its timeout of {settings.request_timeout:g} s",
                                code="timeout")
@@ -290,7 +291,8 @@ def prompt_chars(req: protocol.ChatRequest) -> int:
                sum(len(p.get("text", "")) for p in m["content"]) for m in req.messages)
 
 
-def prepare(pipe: Pipeline, req: protocol.ChatRequest, settings: ServerSettings, max_len: int) -> list[Sequence]:
+def prepare(pipe: Pipeline, req: protocol.ChatRequest, settings: ServerSettings, max_len: int,
+            deadline: float | None = None) -> list[Sequence]:
     """Load the media, run the processor and build one Sequence per choice. Runs in a worker thread."""
     try:
         params = pipe.sampling_params(max_new_tokens=1, **req.sampling)
@@ -303,7 +305,7 @@ def prepare(pipe: Pipeline, req: protocol.ChatRequest, settings: ServerSettings,
                           f"(--max-prompt-chars) for this model's context of {max_len} tokens", "messages",
                           code="context_length_exceeded")
     proc = pipe.processor
-    budget = Budget(settings.media, proc.settings, proc.spec, max_tokens=max_len)
+    budget = Budget(settings.media, proc.settings, proc.spec, max_tokens=max_len, deadline=deadline)
     conversation, temp = load_conversation(req.messages, req.media, settings.media, budget)
     try:
         seq, _ = pipe.sequence(conversation, params)

@@ -30,6 +30,7 @@ import math
 import os
 import socket
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,8 +240,15 @@ class Budget:
     settings: MediaSettings = field(default_factory=MediaSettings)   # the processor's, to size like it does
     spec: PatchSpec = field(default_factory=PatchSpec)
     max_tokens: int | None = None
+    deadline: float | None = None     # time.perf_counter() by which the request must be done
     pixels: int = 0
     tokens: int = 0
+
+    def check_time(self, param: str) -> None:
+        """Between parts and frames: a request of many slow fetches must not hold a worker past its timeout."""
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise APIError(504, f"{param}: the request ran out of time while loading its media (--request-timeout)",
+                           param=param, code="timeout")
 
     def add(self, param: str, pixels: int, tokens: int) -> None:
         self.pixels += pixels
@@ -416,6 +424,7 @@ class Staged:
 
 
 def stage_media(ref: MediaRef, policy: MediaPolicy, budget: Budget) -> Staged:
+    budget.check_time(ref.param)
     if ref.kind == "image":
         data = read_source(ref.source, ref.param, policy, policy.max_media_bytes)
         img = image_header(data, ref.param, policy)
@@ -428,6 +437,7 @@ def stage_media(ref: MediaRef, policy: MediaPolicy, budget: Budget) -> Staged:
         images = []
         for k, s in enumerate(ref.source):
             param = f"{ref.param}[{k}]"
+            budget.check_time(param)
             img = image_header(read_source(s, param, policy, policy.max_media_bytes), param, policy)
             images.append((img, param))
             budget.add(param, img.width * img.height, 0)
