@@ -293,7 +293,7 @@ class Budget:
 
 def image_header(data: bytes | Path, param: str, policy: MediaPolicy):
     """Open an image lazily (PIL reads the header only) and check its size. Nothing is decoded."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     Image.init()   # register every plugin, so that `formats` below can name them
     try:
