@@ -21,6 +21,7 @@ from .engine.engine import Engine, Sequence, generate
 from .engine.sampling import SamplingParams
 from .model import QwenVL
 from .model.weights import load_model
+from .processing.stops import StopMatcher
 from .processing.tokenizer import StreamDecoder
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -139,6 +140,8 @@ class Pipeline:
         delta = text.finish(seq.output_ids)
         if delta:
             yield delta
+        if seq.error is not None:   # the engine ended it (NaN logits, a failing sampler): say so, loudly
+            raise seq.error
         holder.append(self._result(seq, media, text, start))
 
     def _max_len(self, seqs: list[Sequence]) -> int:
@@ -162,6 +165,9 @@ class Pipeline:
                 t.update(s.output_ids)
                 if t.stopped:
                     s.finish("stop")
+        failed = [s.error for s in seqs if s.error is not None]
+        if failed:   # in a batch the others finished; the call still fails, as it would have before
+            raise failed[0]
         results = []
         for s, media in pairs:
             t = trackers[id(s)]
@@ -188,6 +194,7 @@ class TextTracker:
     def __init__(self, tokenizer, stop: tuple[str, ...] = ()):
         self.decoder = StreamDecoder(tokenizer, skip_special_tokens=True)
         self.stop = stop
+        self.matcher = StopMatcher(stop)   # incremental: each new character costs O(1) per stop string
         self.fed = 0
         self.raw = ""       # everything decoded so far
         self.text = ""      # what has been emitted (never past a stop string)
@@ -195,26 +202,28 @@ class TextTracker:
 
     def update(self, ids: list[int]) -> str:
         if len(ids) > self.fed:
-            self.raw += self.decoder.add(ids[self.fed:])
+            self._add(self.decoder.add(ids[self.fed:]))
             self.fed = len(ids)
         return self._emit(final=False)
 
     def finish(self, ids: list[int]) -> str:
         """The last delta once the sequence has ended: held-back text is final now."""
         self.update(ids)
-        self.raw += self.decoder.flush()
+        self._add(self.decoder.flush())
         return self._emit(final=True)
+
+    def _add(self, piece: str) -> None:
+        self.raw += piece
+        self.matcher.feed(piece)
 
     def _emit(self, final: bool) -> str:
         if self.stopped:
             return ""
         end = len(self.raw)
-        for s in self.stop:
-            i = self.raw.find(s)
-            if i != -1 and i < end:
-                end, self.stopped = i, True
-        if not self.stopped and not final:
-            end -= max((k for s in self.stop for k in range(1, len(s)) if self.raw.endswith(s[:k])), default=0)
+        if self.matcher.match is not None:
+            end, self.stopped = self.matcher.match, True
+        elif not final:
+            end -= self.matcher.pending
         delta = self.raw[len(self.text):end]
         self.text += delta
         return delta

@@ -64,7 +64,7 @@ class Script:
         def run():
             for p in pieces:
                 time.sleep(delay)
-                handle.emit("delta", 0, p)
+                handle.emit("delta", 0, p, [])   # (index, text, logprobs), as Scheduler._on_token emits
             handle.emit("finish", 0, "stop")
             handle.emit("done", {"prompt_tokens": len(seqs[0].prompt_ids), "completion_tokens": len(pieces)})
         threading.Thread(target=run, daemon=True).start()

@@ -53,6 +53,15 @@ def register(sub) -> None:
     p.add_argument("--max-videos-per-request", type=int, default=2)
     p.add_argument("--max-video-frames", type=int, default=256, help="frames sampled from one video (default 256)")
     p.add_argument("--media-fetch-timeout", type=float, default=10.0, help="seconds per remote fetch (default 10)")
+    p.add_argument("--max-request-pixels", type=int, default=100_000_000,
+                   help="pixels of all images and sampled video frames of one request, at their own and at their "
+                        "resized sizes, from the headers before decoding (default 100000000)")
+    p.add_argument("--max-request-bytes", type=int, default=100 * 2**20,
+                   help="request body size, chunked bodies included (default 100 MiB)")
+    p.add_argument("--max-prompt-chars", type=int,
+                   help="characters of text per request, checked before tokenizing (default 16 x --max-model-len)")
+    p.add_argument("--max-stop-strings", type=int, default=16, help="stop strings per request (default 16)")
+    p.add_argument("--max-stop-chars", type=int, default=1000, help="characters per stop string (default 1000)")
     p.add_argument("--max-n", type=int, default=8, help="largest 'n' (choices per request), default 8")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="on shutdown, seconds to let in-flight requests finish before cancelling them (default 30)")
@@ -74,9 +83,12 @@ def settings_from_args(args, model_name: str):
     from ..serve.media import MediaPolicy
 
     for name in ("max_batch", "max_queue", "max_n", "max_image_pixels", "max_media_bytes", "max_video_bytes",
-                 "max_images_per_request", "max_video_frames"):
+                 "max_images_per_request", "max_video_frames", "max_request_pixels", "max_request_bytes",
+                 "max_stop_strings", "max_stop_chars"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.max_prompt_chars is not None and args.max_prompt_chars < 1:
+        raise ValueError("--max-prompt-chars must be >= 1")
     if args.max_model_len is not None and args.max_model_len < 2:
         raise ValueError("--max-model-len must be >= 2")
     for name in ("prefix_cache_mb", "vision_cache_mb", "prefill_chunk"):
@@ -89,11 +101,13 @@ def settings_from_args(args, model_name: str):
                          max_image_pixels=args.max_image_pixels, max_media_bytes=args.max_media_bytes,
                          max_video_bytes=args.max_video_bytes, max_images=args.max_images_per_request,
                          max_videos=args.max_videos_per_request, max_video_frames=args.max_video_frames,
-                         fetch_timeout=args.media_fetch_timeout)
+                         fetch_timeout=args.media_fetch_timeout, max_request_pixels=args.max_request_pixels)
     return ServerSettings(model_name=model_name, max_batch=args.max_batch, max_model_len=args.max_model_len,
                           max_queue=args.max_queue, request_timeout=args.request_timeout or None,
                           api_key=args.api_key or None, max_n=args.max_n, shutdown_timeout=args.shutdown_timeout,
-                          media=policy, prefix_cache_mb=0 if args.no_prefix_cache else args.prefix_cache_mb,
+                          max_request_bytes=args.max_request_bytes, max_prompt_chars=args.max_prompt_chars,
+                          max_stop=args.max_stop_strings, max_stop_chars=args.max_stop_chars, media=policy,
+                          prefix_cache_mb=0 if args.no_prefix_cache else args.prefix_cache_mb,
                           vision_cache_mb=args.vision_cache_mb, prefill_chunk=args.prefill_chunk or None)
 
 

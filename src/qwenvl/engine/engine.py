@@ -39,7 +39,8 @@ class Sequence:
     media: dict = field(default_factory=dict)
     eos_ids: tuple[int, ...] = ()
     output_ids: list[int] = field(default_factory=list)
-    finish_reason: str | None = None   # "stop" | "length" | "abort"
+    finish_reason: str | None = None   # "stop" | "length" | "abort" | "error"
+    error: Exception | None = None     # why this sequence failed (finish_reason "error"); the others go on
     slot: int = -1
     delta: int = 0
     generator: torch.Generator | None = None
@@ -125,9 +126,10 @@ class Engine:
     # ------------------------------------------------------------------ admission
 
     @torch.inference_mode()
-    def add(self, seq: Sequence, siblings: list[Sequence] = ()) -> int:
+    def add(self, seq: Sequence, siblings: list[Sequence] = ()) -> int | None:
         """Prefill `seq` into a free slot and sample its first token, which is returned (siblings: see
-        `admit`; their first tokens are in their output_ids)."""
+        `admit`; their first tokens are in their output_ids). None when that choice failed: the sequence is
+        finished with `error` set (NaN logits, its sampler or constraint raised) and still holds its slot."""
         state = self.admit(seq, siblings)
         self.prefills.remove(state)
         try:
@@ -138,7 +140,7 @@ class Engine:
                 if self.slots[s.slot] is s:
                     self.slots[s.slot] = None
             raise
-        return seq.output_ids[-1]
+        return None if seq.error is not None else seq.output_ids[-1]
 
     @torch.inference_mode()
     def admit(self, seq: Sequence, siblings: list[Sequence] = ()) -> Prefill:
@@ -221,8 +223,10 @@ class Engine:
             yield
         seq = state.seq
         logits = self.model.logits(hidden[:, -1])[0]
+        # one sync for the group: NaN logits end every sequence of the prompt, with an error
+        nan = bool(torch.isnan(logits).any())
         seq.prefilling = False
-        self._pick(seq, logits)
+        self._pick_or_fail(seq, logits, nan)
         for s in state.siblings:
             if self.slots[s.slot] is not s:   # released while waiting
                 continue
@@ -230,8 +234,8 @@ class Engine:
             self.cache.v[:, s.slot, :, :L] = self.cache.v[:, seq.slot, :, :L]
             self.cache.lengths[s.slot] = L
             s.prefilling = False
-            self._pick(s, logits)
-        if self.prefix_cache is not None:
+            self._pick_or_fail(s, logits, nan)
+        if self.prefix_cache is not None and not nan:   # NaN keys/values must not reach other prompts
             self.prefix_cache.store(seq.block_keys, self.cache, seq.slot,
                                     first=state.start // self.prefix_cache.block_size)
         t = time.perf_counter() - t0
@@ -324,7 +328,8 @@ class Engine:
     def step(self) -> list[tuple[Sequence, int]]:
         """One decode step for every running sequence, then one unit of the oldest queued prefill: returns
         (sequence, new token) pairs, first tokens of completed prefills included. A prefill that raises
-        frees its slots and goes to `self.failed`; the running batch is not affected."""
+        frees its slots and goes to `self.failed`; the running batch is not affected. A sequence whose own
+        token choice fails (see `_pick_or_fail`) has no pair: it is finished with `error` set."""
         out = self._decode()
         if self.prefills:
             state = self.prefills[0]
@@ -341,7 +346,7 @@ class Engine:
                 return out
             if done:
                 self.prefills.popleft()
-                out += [(s, s.output_ids[-1]) for s in group if self.slots[s.slot] is s]
+                out += [(s, s.output_ids[-1]) for s in group if self.slots[s.slot] is s and s.error is None]
         return out
 
     def _decode(self) -> list[tuple[Sequence, int]]:
@@ -360,11 +365,29 @@ class Engine:
         embeds = self.model.language_model.embed_tokens(tokens)
         hidden = self.decoder(embeds, positions, mask, self.cache, rows)
         logits = self.model.logits(hidden[:, -1])
-        out = [(s, self._pick(s, logits[i])) for i, s in enumerate(running)]
+        nan = torch.isnan(logits).any(-1).tolist()   # one sync for the whole batch
+        out = []
+        for i, s in enumerate(running):
+            token = self._pick_or_fail(s, logits[i], nan[i])
+            if token is not None:
+                out.append((s, token))
         dt = time.perf_counter() - t0
         for s in running:
             s.timings["decode_s"] = s.timings.get("decode_s", 0.0) + dt
         return out
+
+    def _pick_or_fail(self, seq: Sequence, logits: torch.Tensor, nan: bool) -> int | None:
+        """`_pick`, except that a failure of this sequence's own choice (NaN logits, its sampler or grammar
+        constraint raising) ends this sequence only, with `error` set and finish reason "error", and returns
+        None: the others in the batch, or the other choices of its prompt, go on."""
+        try:
+            if nan:
+                raise FloatingPointError("the model produced NaN logits for this sequence")
+            return self._pick(seq, logits)
+        except Exception as e:
+            seq.error = e
+            seq.finish("error")
+            return None
 
     def _pick(self, seq: Sequence, logits: torch.Tensor) -> int:
         seen = torch.tensor(seq.prompt_ids + seq.output_ids, device=logits.device)
@@ -398,8 +421,8 @@ class Engine:
 
     def _store_row(self, seq: Sequence) -> None:
         pc = self.prefix_cache
-        if pc is None or self.cache is None or seq.prefilling:
-            return
+        if pc is None or self.cache is None or seq.prefilling or isinstance(seq.error, FloatingPointError):
+            return   # (NaN logits: its keys/values may be NaN too, and must not reach other prompts)
         n = int(self.cache.lengths[seq.slot])
         tokens = (seq.prompt_ids + seq.output_ids)[:n]
         if n // pc.block_size <= len(seq.block_keys):
@@ -436,7 +459,9 @@ def generate(engine: Engine, seqs: list[Sequence]):
     while pending or engine.active:
         while pending and engine.has_free_slot():
             seq = pending.pop(0)
-            yield seq, engine.add(seq)
+            token = engine.add(seq)
+            if token is not None:   # None: its first choice failed (seq.error); it is released below
+                yield seq, token
         for seq, tok in engine.step():
             yield seq, tok
         for seq in engine.active:

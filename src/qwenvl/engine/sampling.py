@@ -111,6 +111,11 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     if params.greedy:
         return int(logits.argmax())
     logits = filter_top_k_top_p(logits / params.temperature, params.top_k, params.top_p)
+    # softmax of logits with a finite maximum is finite; an overflow (+inf) or NaN here would make
+    # multinomial fail (on CUDA, with a device assert that poisons the whole context)
+    if not torch.isfinite(logits.max()):
+        raise ValueError("the sampling parameters (temperature, repetition_penalty) make the token scores "
+                         "overflow to non-finite values")
     probs = logits.softmax(-1)
     return int(torch.multinomial(probs, 1, generator=generator))
 

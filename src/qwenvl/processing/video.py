@@ -20,6 +20,49 @@ FRAME_FACTOR = 2
 FPS_MIN_FRAMES = 4
 FPS_MAX_FRAMES = 768
 
+# The demuxers a video may be opened with. FFmpeg probes the format from the bytes and would happily
+# pick a playlist (concat, hls, image2 patterns, ...) that then opens other files or URLs named inside
+# the data; only self-contained containers are allowed. Passed to FFmpeg as `format_whitelist`.
+VIDEO_DEMUXERS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,mpeg,gif,flv"
+
+
+def sniff_container(head: bytes) -> str | None:
+    """The demuxer for a file whose first bytes are `head` (64 are plenty), from its magic numbers;
+    None when it is no container we open."""
+    if len(head) >= 12 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"):
+        return "mov"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "avi"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head.startswith(b"FLV\x01"):
+        return "flv"
+    if head.startswith(b"\x00\x00\x01\xba"):
+        return "mpeg"
+    if head[:1] == b"\x47" and (len(head) < 189 or head[188:189] == b"\x47"):
+        return "mpegts"
+    return None
+
+
+def open_container(path: str, what: str = "the data", **kwargs):
+    """av.open a local file as the container its magic numbers say (never a playlist), or an http(s)
+    URL with the demuxers limited to VIDEO_DEMUXERS. ValueError when the bytes are no allowed container."""
+    import av
+
+    fmt, options = None, {"format_whitelist": VIDEO_DEMUXERS}
+    if path.startswith(("http://", "https://")):
+        options["protocol_whitelist"] = "http,https,tcp,tls"
+    else:
+        options["protocol_whitelist"] = "file"   # nothing inside a local file may reach the network
+        with open(path, "rb") as f:
+            fmt = sniff_container(f.read(256))
+        if fmt is None:
+            raise ValueError(f"could not decode {what}: not a supported video container (MP4/MOV, "
+                             "Matroska/WebM, AVI, MPEG-TS/PS, GIF or FLV)")
+    return av.open(path, format=fmt, options=options, **kwargs)
+
 
 def _round2(x: float) -> int:
     return round(x / FRAME_FACTOR) * FRAME_FACTOR
@@ -120,7 +163,7 @@ def read_video(path: str, item: dict, settings: MediaSettings = DEFAULT_SETTINGS
     what = f"video {_describe(path)}"
     try:
         opts = {"timeout": settings.http_timeout} if path.startswith(("http://", "https://")) else {}
-        with av.open(path, **opts) as c:
+        with open_container(path, what, **opts) as c:
             stream, fps, total = _probe(c, what)
             if total <= 0:   # no frame count in the container: count by demuxing
                 total = sum(1 for p in c.demux(stream) if p.size)
@@ -133,7 +176,7 @@ def read_video(path: str, item: dict, settings: MediaSettings = DEFAULT_SETTINGS
         for i in idx:
             wanted[i] = wanted.get(i, 0) + 1
         out, size, last = [], None, None
-        with av.open(path, **opts) as c:
+        with open_container(path, what, **opts) as c:
             stream = c.streams.video[0]
             stream.thread_type = "AUTO"
             for k, frame in enumerate(c.decode(stream)):

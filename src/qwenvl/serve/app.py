@@ -18,6 +18,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 import torch
 
@@ -38,7 +40,7 @@ from ..engine.logprobs import prompt_logprobs
 from ..pipeline import Pipeline
 from . import completions, fields, protocol, tools as tooling
 from .errors import APIError, bad_request
-from .media import MediaPolicy, load_conversation, remove_files
+from .media import Budget, MediaPolicy, load_conversation, remove_files
 from .metrics import Metrics
 from .scheduler import Handle, Scheduler
 
@@ -54,7 +56,10 @@ class ServerSettings:
     request_timeout: float | None = 600.0
     api_key: str | None = None
     max_n: int = 8
-    max_request_bytes: int = 100 * 2**20
+    max_request_bytes: int = 100 * 2**20   # also for chunked bodies: reading stops at the limit
+    max_prompt_chars: int | None = None  # text characters per request; None: 16 per token of max_model_len
+    max_stop: int = 16                   # stop strings per request
+    max_stop_chars: int = 1000           # characters per stop string
     preprocess_workers: int = 2
     shutdown_timeout: float = 30.0       # how long shutdown lets in-flight work finish
     media: MediaPolicy = field(default_factory=MediaPolicy)
@@ -180,8 +185,9 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
         try:
             check_auth(request)
             body = await read_body(request)
-            req = (protocol.parse_chat_request(body, max_n=settings.max_n) if chat
-                   else completions.parse_completion_request(body, max_n=settings.max_n))
+            limits = dict(max_n=settings.max_n, max_stop=settings.max_stop, max_stop_chars=settings.max_stop_chars)
+            req = (protocol.parse_chat_request(body, **limits) if chat
+                   else completions.parse_completion_request(body, **limits))
             scheduler.reserve()
         except APIError as e:
             metrics.count("requests", str(e.status))
@@ -192,7 +198,7 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
         try:
             work = prepare if chat else prepare_completion
             seqs, info = await asyncio.get_running_loop().run_in_executor(executor, work, pipe, req, settings, max_len,
-                                                                          grammars)
+                                                                          grammars, handle.deadline)
             if handle.deadline is not None and time.perf_counter() > handle.deadline:
                 raise APIError(504, f"the request did not finish within its timeout of {settings.request_timeout:g} s",
                                code="timeout")
@@ -207,24 +213,34 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
             raise
         finally:
             metrics.add("preprocessing", -1)
-        if req.stream:
-            metrics.count("requests", "200")
+        if req.stream:   # counted once it ends: 200, 499 (client gone) or the error's status
             return StreamingResponse(stream(req, handle, info, chat), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                                      background=BackgroundTask(scheduler.cancel, handle))
         return await complete(req, handle, request, info, chat)
 
     async def read_body(request: Request):
+        limit = settings.max_request_bytes
+        too_large = APIError(413, f"the request body is over the limit of {limit} bytes", code="body_too_large")
         size = request.headers.get("content-length")
-        if size and size.isdigit() and int(size) > settings.max_request_bytes:
-            raise APIError(413, f"the request body is over the limit of {settings.max_request_bytes} bytes")
-        raw = await request.body()
-        if len(raw) > settings.max_request_bytes:
-            raise APIError(413, f"the request body is over the limit of {settings.max_request_bytes} bytes")
+        if size and size.isdigit() and int(size) > limit:
+            raise too_large
+        # Read piece by piece and stop at the limit: a chunked body has no length to check up front.
+        raw = bytearray()
+        try:
+            async for piece in request.stream():
+                raw += piece
+                if len(raw) > limit:
+                    raise too_large
+        except ClientDisconnect:   # gone before the body ended: nobody to answer, not a server error
+            raise APIError(499, "the client disconnected before the request body ended",
+                           code="client_disconnected") from None
         try:
             return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise bad_request(f"malformed JSON in the request body: {e}", code="invalid_json") from None
+        except RecursionError:
+            raise bad_request("malformed JSON in the request body: nested too deeply", code="invalid_json") from None
+        except ValueError as e:   # JSONDecodeError, not UTF-8, an integer of over 4300 digits
+            raise bad_request(f"malformed JSON in the request body: {str(e)[:200]}", code="invalid_json") from None
 
     def prompt_tokens_of(info: dict, done: dict) -> int:
         return info.get("prompt_tokens", done["prompt_tokens"])
@@ -290,6 +306,7 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
         parsers = [tooling.ToolStreamParser() if chat and req.tools is not None else None for _ in range(count)]
         pending: list[list] = [[] for _ in range(count)]   # logprobs not yet sent with a chunk
         offsets = [0] * count
+        status = "499"   # unless it ends otherwise: the client went away (the response task is cancelled)
 
         def sse(obj) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
@@ -363,19 +380,25 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
                         make = protocol.chunk if chat else completions.chunk
                         yield sse(make(req, name, [], protocol.usage(prompt_tokens_of(info, u),
                                                                      u["completion_tokens"], u.get("cached_tokens", 0))))
+                    status = "200"
                     break
                 elif kind == "error":
+                    status = str(event[1].status)
                     yield sse(event[1].body())
                     break
                 elif kind == "cancelled":
                     return
             yield "data: [DONE]\n\n"
         finally:   # also runs when the client disconnects and the response task is cancelled
+            metrics.count("requests", status)
             scheduler.cancel(handle)
 
     from .web import add_web   # the chat page at / and its two helper routes (web.py)
     add_web(app, pipe)
     return app
+
+
+MEDIA_ERROR = re.compile(r"^(image|video) (\d+) \(")   # how the processor names the item that failed
 
 
 def _sampling(pipe: Pipeline, req):
@@ -416,21 +439,44 @@ def _choices(seq: Sequence, params, n: int, max_new: int, make_constraint, media
     return out
 
 
+def prompt_chars(req: protocol.ChatRequest) -> int:
+    return sum(len(m["content"]) if isinstance(m["content"], str) else
+               sum(len(p.get("text", "")) for p in m["content"]) for m in req.messages)
+
+
+def check_prompt_chars(chars: int, settings: ServerSettings, max_len: int, param: str) -> None:
+    """Text length before tokenizing: a cheap bound on the tokenizer's work."""
+    max_chars = settings.max_prompt_chars or 16 * max_len
+    if chars > max_chars:
+        where = "messages hold" if param == "messages" else f"'{param}' holds"
+        raise bad_request(f"the {where} {chars} characters of text, over the limit of {max_chars} "
+                          f"(--max-prompt-chars) for this model's context of {max_len} tokens", param,
+                          code="context_length_exceeded")
+
+
 def prepare(pipe: Pipeline, req: protocol.ChatRequest, settings: ServerSettings, max_len: int,
-            grammars=None) -> tuple[list[Sequence], dict]:
+            grammars=None, deadline: float | None = None) -> tuple[list[Sequence], dict]:
     """Load the media, run the processor and build one Sequence per choice. Runs in a worker thread."""
     params = _sampling(pipe, req)
     make_constraint = _constraint_maker(pipe, req, grammars)
-    conversation, temp = load_conversation(req.messages, req.media, settings.media)
+    # Cheap checks first: text length before tokenizing, media headers and token counts before decoding.
+    check_prompt_chars(prompt_chars(req), settings, max_len, "messages")
+    proc = pipe.processor
+    budget = Budget(settings.media, proc.settings, proc.spec, max_tokens=max_len, deadline=deadline)
+    conversation, temp = load_conversation(req.messages, req.media, settings.media, budget)
     template = {"tools": req.tools.tools} if req.tools is not None else {}
     try:
         seq, _ = pipe.sequence(conversation, params, **template)
     except APIError:
         raise
-    except (ValueError, TypeError, KeyError, OSError) as e:
+    except (ValueError, TypeError, KeyError, OSError, ArithmeticError, IndexError) as e:
         # the processor's own length check (its tokenizer's model_max_length) says "context"
         code = "context_length_exceeded" if "context" in str(e) else "processing_failed"
-        raise bad_request(f"the request could not be processed: {e}", "messages", code=code) from None
+        param = "messages"
+        m = MEDIA_ERROR.match(str(e))
+        if m and int(m[2]) <= len(req.media) and req.media[int(m[2]) - 1].kind == m[1]:
+            param = req.media[int(m[2]) - 1].param   # blame the part, not the whole request
+        raise bad_request(f"{param}: the request could not be processed: {str(e)[:500]}", param, code=code) from None
     finally:
         remove_files(temp)
     n_prompt = len(seq.prompt_ids)
@@ -445,10 +491,11 @@ def prepare(pipe: Pipeline, req: protocol.ChatRequest, settings: ServerSettings,
 
 
 def prepare_completion(pipe: Pipeline, req: completions.CompletionRequest, settings: ServerSettings, max_len: int,
-                       grammars=None) -> tuple[list[Sequence], dict]:
+                       grammars=None, deadline: float | None = None) -> tuple[list[Sequence], dict]:
     """Tokenize each prompt (or take its ids), and with echo + logprobs score the prompt itself."""
     params = _sampling(pipe, req)
     make_constraint = _constraint_maker(pipe, req, grammars)
+    check_prompt_chars(sum(len(p) for p in req.prompts if isinstance(p, str)), settings, max_len, "prompt")
     tok = pipe.processor.tokenizer
     vocab = pipe.config.text.vocab_size
     seqs, info = [], {"prompt_texts": [], "prompt_logprobs": [], "prompt_tokens": 0}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from . import fields
 from .errors import bad_request
-from .protocol import _bool, _number
+from .protocol import _bool, _number, parse_sampling
 
 DEFAULT_MAX_TOKENS = 16   # OpenAI's default for this endpoint
 MAX_LOGPROBS = 20
@@ -45,7 +45,8 @@ def _is_ids(x) -> bool:
     return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
 
 
-def parse_completion_request(body, *, max_n: int = 8) -> CompletionRequest:
+def parse_completion_request(body, *, max_n: int = 8, max_stop: int = 16,
+                             max_stop_chars: int = 1000) -> CompletionRequest:
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     prompt = body.get("prompt")
@@ -71,27 +72,7 @@ def parse_completion_request(body, *, max_n: int = 8) -> CompletionRequest:
         raise bad_request(f"'n' times the number of prompts must be <= {max_n} on this server, got "
                           f"{n * len(prompts)}", "n")
     logprobs = _number(body, "logprobs", integer=True, lo=0, hi=MAX_LOGPROBS)
-    stop = body.get("stop")
-    stop = () if stop is None else (stop,) if isinstance(stop, str) else stop
-    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
-        raise bad_request("'stop' must be a non-empty string or a list of them", "stop")
-    stop_ids = body.get("stop_token_ids") or ()
-    if not isinstance(stop_ids, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool)
-                                                          for t in stop_ids):
-        raise bad_request("'stop_token_ids' must be a list of integers", "stop_token_ids")
-    top_k = _number(body, "top_k", integer=True, lo=-1)
-    sampling = dict(
-        temperature=_number(body, "temperature", lo=0, hi=2),
-        top_p=_number(body, "top_p", lo=0, hi=1, lo_open=True),
-        top_k=None if top_k in (None, -1, 0) else top_k,
-        repetition_penalty=_number(body, "repetition_penalty", lo=0, lo_open=True),
-        seed=_number(body, "seed", integer=True),
-        stop=tuple(stop),
-        stop_token_ids=tuple(stop_ids),
-        ignore_eos=_bool(body, "ignore_eos"),
-        logit_bias=fields.parse_logit_bias(body),
-        logprobs=logprobs,
-    )
+    sampling = dict(parse_sampling(body, n, max_stop=max_stop, max_stop_chars=max_stop_chars), logprobs=logprobs)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", "stream_options")

@@ -6,6 +6,7 @@ send them. Sampling fields map onto the one SamplingParams of the engine."""
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +21,20 @@ VIDEO_TYPES = {"video_url", "video"}
 IMAGE_OPTIONS = ("min_pixels", "max_pixels", "resized_height", "resized_width")
 VIDEO_OPTIONS = IMAGE_OPTIONS + ("fps", "nframes", "min_frames", "max_frames", "total_pixels",
                                  "video_start", "video_end")
+MIN_TEMPERATURE = 1e-2   # smaller ones are raised to it (as vLLM does): logits / 1e-39 overflow to NaN
+MAX_TEMPERATURE = 2.0
+PENALTY_RANGE = (1e-2, 1e2)   # a repetition penalty outside it only makes overflowing scores
+INT64 = (-2**63, 2**63 - 1)
+MAX_STOP_TOKEN_IDS = 256
+
+
+def _short(value) -> str:
+    """repr of a client's value for an error message, cut so that a huge value cannot fill the log."""
+    try:
+        text = repr(value)
+    except RecursionError:   # nested too deeply to print
+        return type(value).__name__
+    return text if len(text) <= 100 else text[:80] + f"... ({len(text)} characters)"
 
 
 @dataclass
@@ -54,8 +69,9 @@ def _number(body: dict, name: str, *, integer: bool = False, lo: float | None = 
     if value is None:
         return None
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if not ok or isinstance(value, bool):
-        raise bad_request(f"'{name}' must be {'an integer' if integer else 'a number'}, got {value!r}", name)
+    if not ok or isinstance(value, bool) or not math.isfinite(value):   # json.loads takes NaN and Infinity
+        raise bad_request(f"'{name}' must be a finite {'integer' if integer else 'number'}, got {_short(value)}",
+                          name)
     if lo is not None and (value <= lo if lo_open else value < lo):
         raise bad_request(f"'{name}' must be {'>' if lo_open else '>='} {lo}, got {value}", name)
     if hi is not None and value > hi:
@@ -68,11 +84,11 @@ def _bool(body: dict, name: str, default: bool = False) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise bad_request(f"'{name}' must be a boolean, got {value!r}", name)
+        raise bad_request(f"'{name}' must be a boolean, got {_short(value)}", name)
     return value
 
 
-def parse_chat_request(body, *, max_n: int = 8) -> ChatRequest:
+def parse_chat_request(body, *, max_n: int = 8, max_stop: int = 16, max_stop_chars: int = 1000) -> ChatRequest:
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     messages, media = _parse_messages(body.get("messages"))
@@ -85,35 +101,8 @@ def parse_chat_request(body, *, max_n: int = 8) -> ChatRequest:
     if n > max_n:
         raise bad_request(f"'n' must be <= {max_n} on this server, got {n}", "n")
 
-    top_k = _number(body, "top_k", integer=True, lo=-1)
-    stop = body.get("stop")
-    if stop is None:
-        stop = ()
-    elif isinstance(stop, str):
-        stop = (stop,)
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        stop = tuple(stop)
-    else:
-        raise bad_request("'stop' must be a string or a list of strings", "stop")
-    if any(s == "" for s in stop):
-        raise bad_request("'stop' strings must not be empty", "stop")
-    stop_ids = body.get("stop_token_ids") or ()
-    if not isinstance(stop_ids, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool)
-                                                          for t in stop_ids):
-        raise bad_request("'stop_token_ids' must be a list of integers", "stop_token_ids")
-
-    sampling = dict(
-        temperature=_number(body, "temperature", lo=0, hi=2),
-        top_p=_number(body, "top_p", lo=0, hi=1, lo_open=True),
-        top_k=None if top_k in (None, -1, 0) else top_k,   # -1 / 0: no top-k (vLLM's convention)
-        repetition_penalty=_number(body, "repetition_penalty", lo=0, lo_open=True),
-        seed=_number(body, "seed", integer=True),
-        stop=stop,
-        stop_token_ids=tuple(stop_ids),
-        ignore_eos=_bool(body, "ignore_eos"),
-        logit_bias=fields.parse_logit_bias(body),
-        logprobs=fields.parse_chat_logprobs(body),
-    )
+    sampling = dict(parse_sampling(body, n, max_stop=max_stop, max_stop_chars=max_stop_chars),
+                    logprobs=fields.parse_chat_logprobs(body))
 
     # Fields we do not implement: refuse them rather than silently answer something else.
     for name in ("presence_penalty", "frequency_penalty"):
@@ -138,6 +127,49 @@ def parse_chat_request(body, *, max_n: int = 8) -> ChatRequest:
                        logprobs=sampling["logprobs"])
 
 
+def parse_sampling(body: dict, n: int, *, max_stop: int = 16, max_stop_chars: int = 1000) -> dict:
+    """The SamplingParams fields both endpoints share (all but logprobs), checked at parse time: finite
+    numbers in range, so that nothing the client sends can make the sampler's scores overflow."""
+    top_k = _number(body, "top_k", integer=True, lo=-1)
+    stop = body.get("stop")
+    if stop is None:
+        stop = ()
+    elif isinstance(stop, str):
+        stop = (stop,)
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stop = tuple(stop)
+    else:
+        raise bad_request("'stop' must be a string or a list of strings", "stop")
+    if any(s == "" for s in stop):
+        raise bad_request("'stop' strings must not be empty", "stop")
+    # Stop strings are matched on the scheduler thread for every token: bounded, so one request cannot
+    # stall the batch.
+    if len(stop) > max_stop or any(len(s) > max_stop_chars for s in stop):
+        raise bad_request(f"'stop' takes at most {max_stop} strings of at most {max_stop_chars} characters each",
+                          "stop")
+    stop_ids = body.get("stop_token_ids") or ()
+    if not isinstance(stop_ids, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool)
+                                                          and 0 <= t < 2**31 for t in stop_ids):
+        raise bad_request("'stop_token_ids' must be a list of token ids (integers >= 0)", "stop_token_ids")
+    if len(stop_ids) > MAX_STOP_TOKEN_IDS:
+        raise bad_request(f"'stop_token_ids' takes at most {MAX_STOP_TOKEN_IDS} ids", "stop_token_ids")
+
+    temperature = _number(body, "temperature", lo=0, hi=MAX_TEMPERATURE)
+    if temperature is not None and 0 < temperature < MIN_TEMPERATURE:
+        temperature = MIN_TEMPERATURE
+    return dict(
+        temperature=temperature,
+        top_p=_number(body, "top_p", lo=0, hi=1, lo_open=True),
+        top_k=None if top_k in (None, -1, 0) else top_k,   # -1 / 0: no top-k (vLLM's convention)
+        repetition_penalty=_number(body, "repetition_penalty", lo=PENALTY_RANGE[0], hi=PENALTY_RANGE[1]),
+        seed=_number(body, "seed", integer=True, lo=INT64[0], hi=INT64[1] - (n - 1)),   # choice i uses seed + i
+        stop=stop,
+        stop_token_ids=tuple(stop_ids),
+        ignore_eos=_bool(body, "ignore_eos"),
+        logit_bias=fields.parse_logit_bias(body),
+    )
+
+
 def _parse_messages(messages) -> tuple[list[dict], list[MediaRef]]:
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list", "messages")
@@ -147,8 +179,8 @@ def _parse_messages(messages) -> tuple[list[dict], list[MediaRef]]:
         if not isinstance(msg, dict):
             raise bad_request(f"{where} must be an object", where)
         role = msg.get("role")
-        if role not in ROLES:
-            raise bad_request(f"{where}.role: unknown role {role!r}; expected one of system, user, assistant, "
+        if not isinstance(role, str) or role not in ROLES:
+            raise bad_request(f"{where}.role: unknown role {_short(role)}; expected one of system, user, assistant, "
                               "tool", f"{where}.role")
         role = "system" if role == "developer" else role
         extra = tooling.parse_tool_messages(msg, where, role)
@@ -171,6 +203,8 @@ def _parse_part(part, where: str, role: str, media: list[MediaRef]) -> dict:
     if not isinstance(part, dict):
         raise bad_request(f"{where} must be an object", where)
     kind = part.get("type")
+    if not isinstance(kind, str):
+        raise bad_request(f"{where}.type must be a string naming the content type", f"{where}.type")
     if kind in ("text", "input_text"):
         text = part.get("text")
         if not isinstance(text, str):
@@ -199,13 +233,15 @@ def _parse_part(part, where: str, role: str, media: list[MediaRef]) -> dict:
             for name in names:
                 if src.get(name) is not None:
                     v = src[name]
-                    if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-                        raise bad_request(f"{where}.{name} must be a positive number, got {v!r}", f"{where}.{name}")
+                    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) \
+                            or v < 0 or (v == 0 and name != "video_start"):
+                        raise bad_request(f"{where}.{name} must be a finite positive number, got {_short(v)}",
+                                          f"{where}.{name}")
                     options[name] = v
         ref = MediaRef(media_kind, value, options, param)
         media.append(ref)
         return {"type": media_kind, "ref": ref}
-    raise bad_request(f"{where}.type: unknown content type {kind!r}; expected text, image_url, video_url, image "
+    raise bad_request(f"{where}.type: unknown content type {_short(kind)}; expected text, image_url, video_url, image "
                       "or video", f"{where}.type")
 
 

@@ -65,6 +65,16 @@ class Handle:
         return len(self.jobs[0].seq.prompt_ids) if self.jobs else 0
 
 
+def sequence_error(e: Exception) -> APIError:
+    """The error for a request whose sequence failed: a ValueError comes from its own sampling
+    parameters (400), anything else is ours (500)."""
+    if isinstance(e, ValueError):
+        return APIError(400, f"generation failed: {e}", code="sampling_failed")
+    log.error("a sequence failed: %s: %s", type(e).__name__, e)
+    return APIError(500, f"internal error while generating this request ({type(e).__name__})",
+                    code="generation_failed")
+
+
 class Scheduler:
     def __init__(self, engine: Engine, tokenizer, metrics: Metrics, max_queue: int = 256):
         self.engine = engine
@@ -209,7 +219,10 @@ class Scheduler:
             try:
                 self.engine.admit(job.seq, [j.seq for j in siblings])
             except Exception as e:
-                log.exception("admission failed")
+                if not isinstance(e, ValueError):   # a ValueError is the prompt's own (too long): a 400
+                    log.exception("admission failed")
+                for j in group:   # whatever slots it took before failing
+                    self.engine.release(j.seq)
                 self._fail(h, APIError(500 if not isinstance(e, ValueError) else 400, f"prefill failed: {e}",
                                        code="prefill_failed"))
                 continue
@@ -226,12 +239,14 @@ class Scheduler:
         if self.engine.last_batch:
             self.metrics.step(self.engine.last_batch)
         failed, self.engine.failed = self.engine.failed, []
-        for seq, err in failed:
+        for seq, err in failed:   # a prefill that raised: its request only
             job = self.running.get(id(seq))
             if job is not None:
                 log.error("prefill failed: %s", err)
                 self._fail(job.handle, APIError(400 if isinstance(err, ValueError) else 500,
                                                 f"prefill failed: {err}", code="prefill_failed"))
+        for job in [j for j in self.running.values() if j.seq.error is not None]:
+            self._fail(job.handle, sequence_error(job.seq.error))   # that request only; the batch goes on
         for seq, token in pairs:
             job = self.running.get(id(seq))
             if job is not None:
