@@ -61,22 +61,74 @@ def test_sources_agree(tmp_path):
         assert np.array_equal(np.asarray(im), arr), src if isinstance(src, str) else type(src)
 
 
-def test_transparency_composited_on_white():
-    rgba = np.zeros((4, 4, 4), np.uint8)
+def qwen_vl_utils_rgb(image: Image.Image) -> np.ndarray:
+    """The published qwen-vl-utils rule (to_rgb, the same in 0.0.11 and 0.0.14), restated: an RGBA
+    image is alpha-blended onto white with PIL's 8-bit blend (c*a + 255*(255-a) + 128, /255 rounded
+    by (t + (t >> 8)) >> 8); any other mode is PIL's plain convert("RGB")."""
+    if image.mode == "RGBA":
+        a = np.asarray(image).astype(np.int64)
+        t = a[..., :3] * a[..., 3:] + 255 * (255 - a[..., 3:]) + 128
+        return ((t + (t >> 8)) >> 8).astype(np.uint8)
+    return np.asarray(image.convert("RGB"))
+
+
+def every_mode() -> dict[str, Image.Image]:
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 256, (6, 5), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (6, 5), dtype=np.uint8)
+    alpha[0] = 0                                   # a fully transparent row
+    rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    palette = rng.integers(0, 256, 768, dtype=np.uint8).tolist()
+    p = Image.fromarray(g, "L").convert("P")
+    p.putpalette(palette)
+    pt = p.copy()
+    pt.info["transparency"] = int(g[0, 0])         # index of a pixel that is there
+    pa = p.convert("PA")
+    pa.putalpha(Image.fromarray(alpha, "L"))
+    ycc = Image.fromarray(rgb, "RGB").convert("YCbCr")
+    return {
+        "1": Image.fromarray(g > 127).convert("1"), "L": Image.fromarray(g, "L"),
+        "LA": Image.fromarray(np.stack([g, alpha], -1), "LA"), "P": p, "P+transparency": pt, "PA": pa,
+        "RGB": Image.fromarray(rgb, "RGB"), "RGBA": Image.fromarray(np.dstack([rgb, alpha]), "RGBA"),
+        "CMYK": Image.frombytes("CMYK", (5, 6), np.dstack([rgb, g]).tobytes()), "YCbCr": ycc,
+        "I": Image.fromarray(g.astype(np.int32) * 3 - 100),
+        "I;16": Image.fromarray(g.astype(np.uint16) * 250),
+        "F": Image.fromarray(g.astype(np.float32) * 1.5 - 50.25),
+    }
+
+
+@pytest.mark.parametrize("name", list(every_mode()))
+def test_every_pil_mode_converts_as_qwen_vl_utils(name, tmp_path):
+    from qwenvl.serve.media import MediaPolicy, open_image
+
+    image = every_mode()[name]
+    assert image.mode == name.split("+")[0]
+    want = qwen_vl_utils_rgb(image)
+    got = load_image(image)
+    assert got.mode == "RGB" and np.array_equal(np.asarray(got), want), name
+    if name in ("LA", "P+transparency", "RGBA", "P", "L", "RGB", "1"):   # what PNG stores as is
+        buf = io.BytesIO()
+        image.save(buf, "PNG")
+        reread = Image.open(io.BytesIO(buf.getvalue()))
+        assert np.array_equal(np.asarray(load_image(reread)), qwen_vl_utils_rgb(reread)), name
+        assert np.array_equal(np.asarray(open_image(buf.getvalue(), "p", MediaPolicy())), qwen_vl_utils_rgb(reread))
+
+
+def test_only_rgba_goes_onto_white():
+    modes = every_mode()
+    g = np.asarray(modes["L"])
+    # LA: the grey is kept under alpha 0 (no white), as convert("RGB") drops the alpha band
+    la = np.asarray(load_image(modes["LA"]))
+    assert (la[0] == g[0][:, None]).all() and not (la[0] == 255).all()
+    # palette with a transparent index: the palette colour, not white
+    pt = modes["P+transparency"]
+    idx = int(np.asarray(pt)[0, 0])
+    assert np.asarray(load_image(pt))[0, 0].tolist() == pt.getpalette()[3 * idx:3 * idx + 3]
+    # RGBA: alpha 0 -> white, alpha 255 -> the colour
+    rgba = np.zeros((2, 1, 4), np.uint8)
     rgba[..., 0] = 200
-    rgba[:2, :, 3] = 255          # top half opaque red-ish, bottom half transparent
-    im = np.asarray(load_image(Image.fromarray(rgba, "RGBA")))
-    assert (im[:2] == [200, 0, 0]).all() and (im[2:] == 255).all()
-    la = Image.fromarray(np.stack([np.full((4, 4), 10, np.uint8), rgba[..., 3]], -1), "LA")
-    im = np.asarray(load_image(la))
-    assert (im[:2] == 10).all() and (im[2:] == 255).all()
-    p = Image.new("P", (2, 1))
-    p.putpalette([0, 0, 0, 9, 9, 9] + [0] * 762)
-    p.putpixel((0, 0), 0)
-    p.putpixel((1, 0), 1)
-    p.info["transparency"] = 0
-    assert np.asarray(load_image(p)).tolist() == [[[255, 255, 255], [9, 9, 9]]]
-    assert load_image(Image.new("L", (3, 3), 7)).mode == "RGB"
+    rgba[1, :, 3] = 255
+    assert np.asarray(load_image(Image.fromarray(rgba, "RGBA"))).tolist() == [[[255, 255, 255]], [[200, 0, 0]]]
 
 
 def test_source_errors_name_the_item(tmp_path):

@@ -1,7 +1,7 @@
 """Images: the qwen-vl-utils 0.0.11 rules (smart_resize, fetch_image) and the Qwen2VLImageProcessor
 patch layout, written directly.
 
-An image goes: source -> PIL RGB (alpha composited on white) -> resized so both sides are multiples
+An image goes: source -> PIL RGB (RGBA composited on white, other modes plainly converted) -> resized so both sides are multiples
 of 28 (= patch 14 x merge 2) within a pixel budget -> rescaled/normalised -> cut into 14x14 patches
 (each repeated over the temporal patch of 2) ordered so that every 2x2 merge group is contiguous.
 """
@@ -76,13 +76,13 @@ def _describe(src) -> str:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB; transparent pixels become white (as qwen-vl-utils does for RGBA)."""
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGB", rgba.size, (255, 255, 255))
-        white.paste(rgba, mask=rgba.split()[3])
+    """RGB exactly as qwen-vl-utils (0.0.11 and 0.0.14) converts: only an RGBA image is composited
+    onto white; every other mode goes through PIL's plain convert("RGB"), which drops alpha without
+    compositing (an LA pixel keeps its grey, a transparent palette entry keeps its palette colour).
+    Flattening those onto white too would differ from what the model was run on by up to 255."""
+    if image.mode == "RGBA":
+        white = Image.new("RGB", image.size, (255, 255, 255))
+        white.paste(image, mask=image.split()[3])
         return white
     return image.convert("RGB")
 

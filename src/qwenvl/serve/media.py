@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
+from ..processing.image import to_rgb   # one conversion rule for the API and the library
 from .errors import APIError, bad_request
 from .protocol import MediaRef
 
@@ -216,20 +217,6 @@ def open_image(data: bytes | Path, param: str, policy: MediaPolicy):
     except Exception:
         raise bad_request(f"{param}: the image could not be decoded (truncated or corrupt)", param,
                           code="invalid_image") from None
-
-
-def to_rgb(img):
-    """RGB; transparency goes onto white (as vLLM and the Qwen tools do)."""
-    from PIL import Image
-
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        out = Image.new("RGB", rgba.size, (255, 255, 255))
-        out.paste(rgba, mask=rgba.split()[3])
-        return out
-    return img.convert("RGB")
 
 
 # ---------------------------------------------------------------------- videos
