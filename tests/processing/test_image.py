@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -33,10 +34,66 @@ def test_smart_resize_examples(hw, kwargs, expected):
     assert smart_resize(*hw, **kwargs) == expected
 
 
-def test_smart_resize_downscale_keeps_factor_floor():
-    # over max_pixels with a thin side: 0.0.11 wraps the floor in max(factor, .)
-    h, w = smart_resize(30, 5000, max_pixels=28 * 28 * 10)
-    assert h == 28 and w % 28 == 0 and w >= 28
+def published_smart_resize(height, width, factor, min_pixels, max_pixels, release):
+    """smart_resize as both PyPI wheels (qwen-vl-utils 0.0.11 and 0.0.14) publish it, restated: round
+    to the factor (at least one factor), and if over max_pixels scale by beta = sqrt(h*w/max) and floor
+    (with NO one-factor floor: a side can become 0, which upstream then fails on), if under min_pixels
+    scale up and ceil. 0.0.14 first asserts max_pixels >= min_pixels. Returns None where upstream fails."""
+    if release == "0.0.14" and max_pixels < min_pixels:
+        return None
+    if max(height, width) / min(height, width) > 200:
+        return None
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return None if h == 0 or w == 0 else (h, w)
+
+
+@pytest.mark.parametrize("rules", ["0.0.11", "0.0.14"])
+def test_smart_resize_matches_each_release(rules):
+    rng = np.random.default_rng(1)
+    cases = [(1276, 297, 28, 784, 3136), (30, 5000, 28, 3136, 7840), (100, 100, 28, 5000, 1000),
+             (20, 20, 28, 3136, 12845056), (10, 1000, 28, 3136, 12845056)]
+    cases += [(int(h), int(w), 28, int(lo), int(hi)) for h, w, lo, hi in zip(
+        rng.integers(1, 3000, 300), rng.integers(1, 3000, 300),
+        rng.integers(1, 200, 300) * 784, rng.integers(1, 2000, 300) * 784)]
+    failures = 0
+    for h, w, f, lo, hi in cases:
+        want = published_smart_resize(h, w, f, lo, hi, rules)
+        if want is None:
+            failures += 1
+            with pytest.raises(ValueError):
+                smart_resize(h, w, f, lo, hi, rules=rules)
+        else:
+            assert smart_resize(h, w, f, lo, hi, rules=rules) == want, (h, w, lo, hi)
+    assert failures >= 2   # the failing cases are reached
+
+
+def test_smart_resize_zero_side_is_an_error():
+    # upstream floors the thin side to 0 (PIL then refuses the resize); we say so up front
+    with pytest.raises(ValueError, match=r"297x1276.*max_pixels=3136.*side of 0"):
+        smart_resize(1276, 297, 28, 784, 3136)
+    with pytest.raises(ValueError, match="side of 0"):
+        smart_resize(30, 5000, max_pixels=28 * 28 * 10, rules="0.0.14")
+
+
+def test_max_below_min_pixels_by_release():
+    assert smart_resize(100, 100, 28, 5000, 1000, rules="0.0.11") == (28, 28)   # 0.0.11 just proceeds
+    with pytest.raises(ValueError, match=r"max_pixels \(1000\) is below min_pixels \(5000\).*0\.0\.14"):
+        smart_resize(100, 100, 28, 5000, 1000, rules="0.0.14")
+    with pytest.raises(ValueError, match="unknown qwen-vl-utils rules '0.0.12'"):
+        smart_resize(100, 100, rules="0.0.12")
+    with pytest.raises(ValueError, match="unknown qwen-vl-utils rules"):
+        MediaSettings(rules="latest")
+    img = Image.new("RGB", (100, 100))
+    assert fetch_image({"image": img, "min_pixels": 5000, "max_pixels": 1000}).size == (28, 28)
+    with pytest.raises(ValueError, match="below min_pixels"):
+        fetch_image({"image": img, "min_pixels": 5000, "max_pixels": 1000}, MediaSettings(rules="0.0.14"))
 
 
 def test_aspect_ratio_error_names_size():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .chat import add_engine_args
+from .chat import add_engine_args, add_rules_arg, use_rules
 
 
 def register(sub) -> None:
@@ -26,6 +26,7 @@ def register(sub) -> None:
     r.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     r.add_argument("--device", default="cpu")
     add_engine_args(r)
+    add_rules_arg(r)
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=run_cmd)
 
@@ -50,6 +51,7 @@ def run_cmd(args) -> int:
     task = get_task(args.task)   # fail on a bad name before loading a model
     pipe = qwenvl.load(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize,
                        compile=args.compile)
+    use_rules(pipe, args)
     ctx = MediaContext(max_pixels=args.max_pixels, min_pixels=args.min_pixels, fps=args.fps,
                        media_dir=args.media_dir)
     report = run(task, args.data, pipe, args.out, limit=args.limit, max_new_tokens=args.max_new_tokens, ctx=ctx,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .chat import add_engine_args
+from .chat import add_engine_args, add_rules_arg, use_rules
 
 
 def register(sub) -> None:
@@ -44,6 +44,7 @@ def register(sub) -> None:
     p.add_argument("--max-n", type=int, default=8, help="largest 'n' (choices per request), default 8")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="on shutdown, seconds to let in-flight requests finish before cancelling them (default 30)")
+    add_rules_arg(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run_serve)
 
@@ -101,6 +102,7 @@ def run_serve(args) -> int:
     log.info("loading %s (%s on %s)", args.model, dtype, device)
     pipe = qwenvl.load(args.model, dtype=dtype, device=device, max_batch=args.max_batch, quantize=args.quantize,
                        compile=args.compile)
+    use_rules(pipe, args)
     app = create_app(pipe, settings)
     log.info("serving %r at http://%s:%d/v1 (max batch %d, max model len %d)", name, args.host, args.port,
              args.max_batch, app.state.max_len)
