@@ -211,12 +211,14 @@ class TextTracker:
 
 
 def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu", max_batch: int = 8,
-         quantize: str | None = None, compile: bool = False) -> Pipeline:
+         quantize: str | None = None, compile: bool = False, adapter: str | Path | None = None) -> Pipeline:
     """Load a Qwen2.5-VL checkpoint directory (or hub id) into a Pipeline.
 
     The model is prepared for inference: the decoder's q/k/v and gate/up projections are fused
     (model/fuse.py), and with quantize="int8" the decoder and LM head get weight-only int8
     (engine/quantize.py). compile=True runs decode steps through torch.compile (engine.Engine).
+    adapter: a peft LoRA directory (adapter_config.json + adapter_model.safetensors, transformers
+    module names, as `qwenvl train --lora` writes) folded into the weights at load (model/lora.py).
     For training, load the model with `qwenvl.model.weights.load_model`."""
     from .engine.quantize import quantize_int8
     from .model.fuse import fuse_projections
@@ -230,7 +232,11 @@ def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
-    model = fuse_projections(load_model(path, dtype=dtype, device=device))
+    model = load_model(path, dtype=dtype, device=device)
+    if adapter is not None:
+        from .model.lora import apply_adapter
+        apply_adapter(model, adapter)
+    model = fuse_projections(model)
     if quantize == "int8":
         quantize_int8(model)
     processor = Processor.from_pretrained(path, max_length=model.config.text.max_position_embeddings)
