@@ -55,22 +55,33 @@ DEFAULT_MAX_MODEL_LEN = 8192
 DISCONNECT_POLL_S = 0.25   # how often a waiting non-streaming request checks that its client is still there
 
 
-def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAPI:
+def create_app(pipe: Pipeline, settings: ServerSettings | None = None,
+               adapters: dict[str, Pipeline] | None = None) -> FastAPI:
+    """`adapters`: more served models by name (`--lora NAME=PATH`: the base with that LoRA merged), each
+    with its own engine; a request's `model` picks one, any other name gets the base (as before)."""
     settings = settings or ServerSettings()
     context = pipe.config.text.max_position_embeddings
     max_len = min(settings.max_model_len or DEFAULT_MAX_MODEL_LEN, context)
     metrics = Metrics(settings.max_batch)
     engine = Engine(pipe.model, max_batch=settings.max_batch, max_len=max_len, compile=pipe.compile)
     scheduler = Scheduler(engine, pipe.processor.tokenizer, metrics, max_queue=settings.max_queue)
+    served = {settings.model_name: (pipe, scheduler)}
+    for name, p in (adapters or {}).items():
+        if name in served:
+            raise ValueError(f"the served model name {name!r} is given twice")
+        served[name] = (p, Scheduler(Engine(p.model, max_batch=settings.max_batch, max_len=max_len, compile=p.compile),
+                                     p.processor.tokenizer, metrics, max_queue=settings.max_queue))
     executor = ThreadPoolExecutor(max_workers=settings.preprocess_workers, thread_name_prefix="qwenvl-preprocess")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        scheduler.start()
+        for _, sched in served.values():
+            sched.start()
         try:
             yield
         finally:
-            await asyncio.to_thread(scheduler.stop, settings.shutdown_timeout)
+            for _, sched in served.values():
+                await asyncio.to_thread(sched.stop, settings.shutdown_timeout)
             executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="qwenvl", lifespan=lifespan)
@@ -120,23 +131,27 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
     async def metrics_text():
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    def model_card() -> dict:
-        return {"id": settings.model_name, "object": "model", "created": int(app.state.started),
-                "owned_by": "qwenvl", "root": str(pipe.path or settings.model_name), "max_model_len": max_len}
+    def model_card(name: str) -> dict:
+        p = served[name][0]
+        card = {"id": name, "object": "model", "created": int(app.state.started), "owned_by": "qwenvl",
+                "root": str(p.path or name), "max_model_len": max_len}
+        if name != settings.model_name:   # as vLLM lists a LoRA: its base as parent
+            card["parent"] = settings.model_name
+        return card
 
     app.state.started = time.time()
 
     @app.get("/v1/models")
     async def models(request: Request):
         check_auth(request)
-        return {"object": "list", "data": [model_card()]}
+        return {"object": "list", "data": [model_card(name) for name in served]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str, request: Request):
         check_auth(request)
-        if model_id != settings.model_name:
+        if model_id not in served:
             raise APIError(404, f"the model '{model_id}' does not exist", param="model", code="model_not_found")
-        return model_card()
+        return model_card(model_id)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -144,7 +159,9 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
         try:
             check_auth(request)
             req = await read_request(request)
-            scheduler.reserve()
+            name = req.model if req.model in served else settings.model_name
+            target, sched = served[name]
+            sched.reserve()
         except APIError as e:
             metrics.count("requests", str(e.status))
             raise
@@ -152,14 +169,14 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
                         deadline=arrival + settings.request_timeout if settings.request_timeout else None)
         metrics.add("preprocessing", 1)
         try:
-            seqs = await asyncio.get_running_loop().run_in_executor(executor, prepare, pipe, req, settings, max_len)
+            seqs = await asyncio.get_running_loop().run_in_executor(executor, prepare, target, req, settings, max_len)
             if handle.deadline is not None and time.perf_counter() > handle.deadline:
                 raise APIError(504, f"the request did not finish within its timeout of {settings.request_timeout:g} s",
                                code="timeout")
-            scheduler.submit(handle, seqs)
+            sched.submit(handle, seqs)
         except BaseException as e:
             if not handle.jobs:
-                scheduler.unreserve()
+                sched.unreserve()
             if isinstance(e, APIError):
                 metrics.count("requests", str(e.status))
             elif isinstance(e, Exception):
@@ -169,10 +186,10 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
             metrics.add("preprocessing", -1)
         if req.stream:
             metrics.count("requests", "200")
-            return StreamingResponse(stream(req, handle), media_type="text/event-stream",
+            return StreamingResponse(stream(req, handle, sched, name), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                                     background=BackgroundTask(scheduler.cancel, handle))
-        return await complete(req, handle, request)
+                                     background=BackgroundTask(sched.cancel, handle))
+        return await complete(req, handle, request, sched, name)
 
     async def read_request(request: Request) -> protocol.ChatRequest:
         size = request.headers.get("content-length")
@@ -187,7 +204,7 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
             raise bad_request(f"malformed JSON in the request body: {e}", code="invalid_json") from None
         return protocol.parse_chat_request(body, max_n=settings.max_n)
 
-    async def complete(req: protocol.ChatRequest, handle: Handle, request: Request):
+    async def complete(req: protocol.ChatRequest, handle: Handle, request: Request, scheduler: Scheduler, name: str):
         texts = [""] * req.n
         reasons = ["stop"] * req.n
         getter = asyncio.ensure_future(handle.events.get())
@@ -218,16 +235,14 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
                 elif kind == "done":
                     metrics.count("requests", "200")
                     choices = [{"index": i, "text": texts[i], "finish_reason": reasons[i]} for i in range(req.n)]
-                    return protocol.completion(req, settings.model_name, choices, event[1]["prompt_tokens"],
+                    return protocol.completion(req, name, choices, event[1]["prompt_tokens"],
                                                event[1]["completion_tokens"])
                 getter = asyncio.ensure_future(handle.events.get())
         finally:
             getter.cancel()
             scheduler.cancel(handle)
 
-    async def stream(req: protocol.ChatRequest, handle: Handle):
-        name = settings.model_name
-
+    async def stream(req: protocol.ChatRequest, handle: Handle, scheduler: Scheduler, name: str):
         def sse(obj) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
