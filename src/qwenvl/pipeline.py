@@ -242,4 +242,6 @@ def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "
     processor = Processor.from_pretrained(path, max_length=model.config.text.max_position_embeddings)
     gen_path = path / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
-    return Pipeline(model, processor, gen, path, max_batch=max_batch, compile=compile)
+    pipe = Pipeline(model, processor, gen, path, max_batch=max_batch, compile=compile)
+    pipe.adapter = Path(adapter) if adapter is not None else None   # what was folded in, if anything
+    return pipe

@@ -45,7 +45,7 @@ def test_adapters_are_served_by_model_name(pipe, tiny_ckpt, tmp_path):
     with running_server(pipe, {"tuned": tuned}, model_name="base") as (url, _, _):
         cards = httpx.get(f"{url}/v1/models").json()["data"]
         assert [c["id"] for c in cards] == ["base", "tuned"] and cards[1]["parent"] == "base"
-        assert cards[1]["root"] == str(tiny_ckpt)
+        assert cards[1]["root"] == str(path) and cards[0]["root"] == str(tiny_ckpt)
         assert httpx.get(f"{url}/v1/models/tuned").json()["id"] == "tuned"
 
         def ask(model):

@@ -133,9 +133,10 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None,
 
     def model_card(name: str) -> dict:
         p = served[name][0]
+        root = getattr(p, "adapter", None) or p.path or name
         card = {"id": name, "object": "model", "created": int(app.state.started), "owned_by": "qwenvl",
-                "root": str(p.path or name), "max_model_len": max_len}
-        if name != settings.model_name:   # as vLLM lists a LoRA: its base as parent
+                "root": str(root), "max_model_len": max_len}
+        if name != settings.model_name:   # as vLLM lists a LoRA: the adapter as root, its base as parent
             card["parent"] = settings.model_name
         return card
 
