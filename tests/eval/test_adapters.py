@@ -110,6 +110,9 @@ def stand_in_lmms_eval(monkeypatch):
 
 def test_lmms_eval_07_registry(monkeypatch):
     lmms, v2, old = stand_in_lmms_eval(monkeypatch)
+    # the classes module is imported below against the stand-ins: drop it afterwards
+    monkeypatch.setitem(sys.modules, "qwenvl.eval.adapters.lmms_eval_models", None)
+    monkeypatch.delitem(sys.modules, "qwenvl.eval.adapters.lmms_eval_models")
     from qwenvl.eval.adapters.lmms_eval import manifests, register
     cls = register()
     assert v2.get_model_class("qwenvl") is cls and cls.is_simple is False        # chat by default, as 0.7
