@@ -247,7 +247,8 @@ def check_processor(path: Path, spec, config) -> None:
 
 
 def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "cpu", max_batch: int = 8,
-         quantize: str | None = None, compile: bool = False, check_weights: bool | None = None) -> Pipeline:
+         quantize: str | None = None, compile: bool = False, check_weights: bool | None = None,
+         adapter: str | Path | None = None) -> Pipeline:
     """Load a Qwen2.5-VL checkpoint directory (or hub id) into a Pipeline.
 
     The model is prepared for inference: the decoder's q/k/v and gate/up projections are fused
@@ -255,7 +256,9 @@ def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "
     (engine/quantize.py), with quantize="int4" group-wise 4-bit weights (engine/int4.py; AWQ checkpoints
     are 4-bit already and load so without it). compile=True runs decode steps through torch.compile
     (engine.Engine). check_weights=False (or QWENVL_CHECK_WEIGHTS=0) skips the NaN/inf pass over the
-    weights on load.
+    weights on load. adapter: a peft LoRA directory (adapter_config.json + adapter_model.safetensors,
+    transformers module names, as `qwenvl train --lora` writes) folded into the weights at load
+    (model/lora.py).
     For training, load the model with `qwenvl.model.weights.load_model`."""
     from .engine.quantize import quantize_int8
     from .model.fuse import fuse_projections
@@ -269,7 +272,11 @@ def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
-    model = fuse_projections(load_model(path, dtype=dtype, device=device, check_weights=check_weights))
+    model = load_model(path, dtype=dtype, device=device, check_weights=check_weights)
+    if adapter is not None:
+        from .model.lora import apply_adapter
+        apply_adapter(model, adapter)
+    model = fuse_projections(model)
     if quantize == "int8":
         quantize_int8(model)
     elif quantize == "int4":
@@ -279,4 +286,6 @@ def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "
     check_processor(path, processor.spec, model.config)
     gen_path = path / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
-    return Pipeline(model, processor, gen, path, max_batch=max_batch, compile=compile)
+    pipe = Pipeline(model, processor, gen, path, max_batch=max_batch, compile=compile)
+    pipe.adapter = Path(adapter) if adapter is not None else None   # what was folded in, if anything
+    return pipe

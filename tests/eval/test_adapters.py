@@ -46,10 +46,15 @@ def test_lmms_eval_simple_and_chat_layouts():
     assert m2[0]["content"][0]["type"] == "video" and m2[0]["content"][0]["video"] == "v.mp4" and n2 == 8
 
 
-def test_lmms_eval_register_with_stand_in_base(monkeypatch):
-    registry = {}
+def stand_in_lmms_eval(monkeypatch):
+    """Minimal lmms-eval 0.7 modules: the `lmms` base, the old decorator registry, and a V2 registry
+    keeping 0.7's contract (manifests name classes by import path; get_model_class imports the path,
+    requires an `lmms` subclass and the is_simple flag of the resolved type)."""
+    import importlib
 
     class lmms(abc.ABC):
+        is_simple = True
+
         def __init__(self):
             self.task_dict, self._rank = {}, 0
 
@@ -62,21 +67,87 @@ def test_lmms_eval_register_with_stand_in_base(monkeypatch):
         @abc.abstractmethod
         def generate_until_multi_round(self, requests): ...
 
+    @dataclass(frozen=True)
+    class ModelManifest:
+        model_id: str
+        simple_class_path: str = None
+        chat_class_path: str = None
+        aliases: tuple = ()
+
+    class RegistryV2:
+        def __init__(self):
+            self.manifests = {}
+
+        def register_manifest(self, manifest, *, overwrite=False):
+            self.manifests[manifest.model_id] = manifest
+
+        def get_model_class(self, name, force_simple=False):
+            m = self.manifests[name]
+            chat = m.chat_class_path is not None and not (force_simple and m.simple_class_path)
+            module, cls_name = (m.chat_class_path if chat else m.simple_class_path).rsplit(".", 1)
+            cls = getattr(importlib.import_module(module), cls_name)
+            assert isinstance(cls, type) and issubclass(cls, lmms)
+            assert cls.is_simple is (not chat)
+            return cls
+
+    old = {}
+
     def register_model(*names):
         def deco(cls):
-            assert issubclass(cls, lmms)
-            registry.update({n: cls for n in names})
+            old.update({n: cls for n in names})
             return cls
         return deco
 
+    v2 = RegistryV2()
     for name, attrs in {"lmms_eval": {}, "lmms_eval.api": {}, "lmms_eval.api.model": {"lmms": lmms},
-                        "lmms_eval.api.registry": {"register_model": register_model}}.items():
+                        "lmms_eval.api.registry": {"register_model": register_model, "MODEL_REGISTRY": old},
+                        "lmms_eval.models": {"MODEL_REGISTRY_V2": v2},
+                        "lmms_eval.models.registry_v2": {"ModelManifest": ModelManifest}}.items():
         monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
-    from qwenvl.eval.adapters.lmms_eval import register
+    monkeypatch.delitem(sys.modules, "qwenvl.eval.adapters.lmms_eval_models", raising=False)
+    return lmms, v2, old
+
+
+def test_lmms_eval_07_registry(monkeypatch):
+    lmms, v2, old = stand_in_lmms_eval(monkeypatch)
+    # the classes module is imported below against the stand-ins: drop it afterwards
+    monkeypatch.setitem(sys.modules, "qwenvl.eval.adapters.lmms_eval_models", None)
+    monkeypatch.delitem(sys.modules, "qwenvl.eval.adapters.lmms_eval_models")
+    from qwenvl.eval.adapters.lmms_eval import manifests, register
     cls = register()
-    assert registry["qwenvl"] is cls
-    model = cls.create_from_arg_string("pretrained=/x,max_pixels=100", {"pipe": FakePipe("A")})
+    assert v2.get_model_class("qwenvl") is cls and cls.is_simple is False        # chat by default, as 0.7
+    simple = v2.get_model_class("qwenvl", force_simple=True)
+    assert simple.is_simple is True and old["qwenvl"] is simple
+    for c in (cls, simple):   # module-level classes: their path names them
+        assert c.__module__ == "qwenvl.eval.adapters.lmms_eval_models" and issubclass(c, lmms)
+    (m,) = manifests()
+    assert m.chat_class_path == f"{cls.__module__}.{cls.__qualname__}"
+    model = cls.create_from_arg_string("pretrained=/x,max_pixels=100", {"pipe": FakePipe("A"), "device": None})
     assert model._rank == 0 and model.gen.max_pixels == 100 and model.gen.pretrained == "/x"
+
+
+def test_lmms_eval_entry_point_is_declared():
+    import tomllib
+    from pathlib import Path
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    target = pyproject["project"]["entry-points"]["lmms_eval.models"]["qwenvl"]
+    module, attr = target.split(":")
+    import importlib
+    assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_lmms_eval_video_window_reaches_the_item():
+    pipe = FakePipe()
+    model = QwenVLForLmmsEval(pipe=pipe)
+    model.task_dict = {"t": {"test": [{}]}}
+    msgs = lambda doc: [{"role": "user", "content": [
+        {"type": "video", "url": "v.mp4", "start_time": 1.5, "end_time": 4},
+        {"type": "video", "url": "w.mp4", "start_time": None, "end_time": None},
+        {"type": "text", "text": "What?"}]}]
+    model.generate_until([Req(("ctx", msgs, {"max_new_tokens": 4}, 0, "t", "test"))])
+    first, second, _ = pipe.calls[0][0][0]["content"]
+    assert first == {"type": "video", "video": "v.mp4", "video_start": 1.5, "video_end": 4.0}
+    assert second == {"type": "video", "video": "w.mp4"}
 
 
 def test_vlmevalkit_generate_inner():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -33,10 +34,66 @@ def test_smart_resize_examples(hw, kwargs, expected):
     assert smart_resize(*hw, **kwargs) == expected
 
 
-def test_smart_resize_downscale_keeps_factor_floor():
-    # over max_pixels with a thin side: 0.0.11 wraps the floor in max(factor, .)
-    h, w = smart_resize(30, 5000, max_pixels=28 * 28 * 10)
-    assert h == 28 and w % 28 == 0 and w >= 28
+def published_smart_resize(height, width, factor, min_pixels, max_pixels, release):
+    """smart_resize as both PyPI wheels (qwen-vl-utils 0.0.11 and 0.0.14) publish it, restated: round
+    to the factor (at least one factor), and if over max_pixels scale by beta = sqrt(h*w/max) and floor
+    (with NO one-factor floor: a side can become 0, which upstream then fails on), if under min_pixels
+    scale up and ceil. 0.0.14 first asserts max_pixels >= min_pixels. Returns None where upstream fails."""
+    if release == "0.0.14" and max_pixels < min_pixels:
+        return None
+    if max(height, width) / min(height, width) > 200:
+        return None
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return None if h == 0 or w == 0 else (h, w)
+
+
+@pytest.mark.parametrize("rules", ["0.0.11", "0.0.14"])
+def test_smart_resize_matches_each_release(rules):
+    rng = np.random.default_rng(1)
+    cases = [(1276, 297, 28, 784, 3136), (30, 5000, 28, 3136, 7840), (100, 100, 28, 5000, 1000),
+             (20, 20, 28, 3136, 12845056), (10, 1000, 28, 3136, 12845056)]
+    cases += [(int(h), int(w), 28, int(lo), int(hi)) for h, w, lo, hi in zip(
+        rng.integers(1, 3000, 300), rng.integers(1, 3000, 300),
+        rng.integers(1, 200, 300) * 784, rng.integers(1, 2000, 300) * 784)]
+    failures = 0
+    for h, w, f, lo, hi in cases:
+        want = published_smart_resize(h, w, f, lo, hi, rules)
+        if want is None:
+            failures += 1
+            with pytest.raises(ValueError):
+                smart_resize(h, w, f, lo, hi, rules=rules)
+        else:
+            assert smart_resize(h, w, f, lo, hi, rules=rules) == want, (h, w, lo, hi)
+    assert failures >= 2   # the failing cases are reached
+
+
+def test_smart_resize_zero_side_is_an_error():
+    # upstream floors the thin side to 0 (PIL then refuses the resize); we say so up front
+    with pytest.raises(ValueError, match=r"297x1276.*max_pixels=3136.*side of 0"):
+        smart_resize(1276, 297, 28, 784, 3136)
+    with pytest.raises(ValueError, match="side of 0"):
+        smart_resize(30, 5000, max_pixels=28 * 28 * 10, rules="0.0.14")
+
+
+def test_max_below_min_pixels_by_release():
+    assert smart_resize(100, 100, 28, 5000, 1000, rules="0.0.11") == (28, 28)   # 0.0.11 just proceeds
+    with pytest.raises(ValueError, match=r"max_pixels \(1000\) is below min_pixels \(5000\).*0\.0\.14"):
+        smart_resize(100, 100, 28, 5000, 1000, rules="0.0.14")
+    with pytest.raises(ValueError, match="unknown qwen-vl-utils rules '0.0.12'"):
+        smart_resize(100, 100, rules="0.0.12")
+    with pytest.raises(ValueError, match="unknown qwen-vl-utils rules"):
+        MediaSettings(rules="latest")
+    img = Image.new("RGB", (100, 100))
+    assert fetch_image({"image": img, "min_pixels": 5000, "max_pixels": 1000}).size == (28, 28)
+    with pytest.raises(ValueError, match="below min_pixels"):
+        fetch_image({"image": img, "min_pixels": 5000, "max_pixels": 1000}, MediaSettings(rules="0.0.14"))
 
 
 def test_aspect_ratio_error_names_size():
@@ -61,22 +118,74 @@ def test_sources_agree(tmp_path):
         assert np.array_equal(np.asarray(im), arr), src if isinstance(src, str) else type(src)
 
 
-def test_transparency_composited_on_white():
-    rgba = np.zeros((4, 4, 4), np.uint8)
+def qwen_vl_utils_rgb(image: Image.Image) -> np.ndarray:
+    """The published qwen-vl-utils rule (to_rgb, the same in 0.0.11 and 0.0.14), restated: an RGBA
+    image is alpha-blended onto white with PIL's 8-bit blend (c*a + 255*(255-a) + 128, /255 rounded
+    by (t + (t >> 8)) >> 8); any other mode is PIL's plain convert("RGB")."""
+    if image.mode == "RGBA":
+        a = np.asarray(image).astype(np.int64)
+        t = a[..., :3] * a[..., 3:] + 255 * (255 - a[..., 3:]) + 128
+        return ((t + (t >> 8)) >> 8).astype(np.uint8)
+    return np.asarray(image.convert("RGB"))
+
+
+def every_mode() -> dict[str, Image.Image]:
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 256, (6, 5), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (6, 5), dtype=np.uint8)
+    alpha[0] = 0                                   # a fully transparent row
+    rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    palette = rng.integers(0, 256, 768, dtype=np.uint8).tolist()
+    p = Image.fromarray(g, "L").convert("P")
+    p.putpalette(palette)
+    pt = p.copy()
+    pt.info["transparency"] = int(g[0, 0])         # index of a pixel that is there
+    pa = p.convert("PA")
+    pa.putalpha(Image.fromarray(alpha, "L"))
+    ycc = Image.fromarray(rgb, "RGB").convert("YCbCr")
+    return {
+        "1": Image.fromarray(g > 127).convert("1"), "L": Image.fromarray(g, "L"),
+        "LA": Image.fromarray(np.stack([g, alpha], -1), "LA"), "P": p, "P+transparency": pt, "PA": pa,
+        "RGB": Image.fromarray(rgb, "RGB"), "RGBA": Image.fromarray(np.dstack([rgb, alpha]), "RGBA"),
+        "CMYK": Image.frombytes("CMYK", (5, 6), np.dstack([rgb, g]).tobytes()), "YCbCr": ycc,
+        "I": Image.fromarray(g.astype(np.int32) * 3 - 100),
+        "I;16": Image.fromarray(g.astype(np.uint16) * 250),
+        "F": Image.fromarray(g.astype(np.float32) * 1.5 - 50.25),
+    }
+
+
+@pytest.mark.parametrize("name", list(every_mode()))
+def test_every_pil_mode_converts_as_qwen_vl_utils(name, tmp_path):
+    from qwenvl.serve.media import MediaPolicy, open_image
+
+    image = every_mode()[name]
+    assert image.mode == name.split("+")[0]
+    want = qwen_vl_utils_rgb(image)
+    got = load_image(image)
+    assert got.mode == "RGB" and np.array_equal(np.asarray(got), want), name
+    if name in ("LA", "P+transparency", "RGBA", "P", "L", "RGB", "1"):   # what PNG stores as is
+        buf = io.BytesIO()
+        image.save(buf, "PNG")
+        reread = Image.open(io.BytesIO(buf.getvalue()))
+        assert np.array_equal(np.asarray(load_image(reread)), qwen_vl_utils_rgb(reread)), name
+        assert np.array_equal(np.asarray(open_image(buf.getvalue(), "p", MediaPolicy())), qwen_vl_utils_rgb(reread))
+
+
+def test_only_rgba_goes_onto_white():
+    modes = every_mode()
+    g = np.asarray(modes["L"])
+    # LA: the grey is kept under alpha 0 (no white), as convert("RGB") drops the alpha band
+    la = np.asarray(load_image(modes["LA"]))
+    assert (la[0] == g[0][:, None]).all() and not (la[0] == 255).all()
+    # palette with a transparent index: the palette colour, not white
+    pt = modes["P+transparency"]
+    idx = int(np.asarray(pt)[0, 0])
+    assert np.asarray(load_image(pt))[0, 0].tolist() == pt.getpalette()[3 * idx:3 * idx + 3]
+    # RGBA: alpha 0 -> white, alpha 255 -> the colour
+    rgba = np.zeros((2, 1, 4), np.uint8)
     rgba[..., 0] = 200
-    rgba[:2, :, 3] = 255          # top half opaque red-ish, bottom half transparent
-    im = np.asarray(load_image(Image.fromarray(rgba, "RGBA")))
-    assert (im[:2] == [200, 0, 0]).all() and (im[2:] == 255).all()
-    la = Image.fromarray(np.stack([np.full((4, 4), 10, np.uint8), rgba[..., 3]], -1), "LA")
-    im = np.asarray(load_image(la))
-    assert (im[:2] == 10).all() and (im[2:] == 255).all()
-    p = Image.new("P", (2, 1))
-    p.putpalette([0, 0, 0, 9, 9, 9] + [0] * 762)
-    p.putpixel((0, 0), 0)
-    p.putpixel((1, 0), 1)
-    p.info["transparency"] = 0
-    assert np.asarray(load_image(p)).tolist() == [[[255, 255, 255], [9, 9, 9]]]
-    assert load_image(Image.new("L", (3, 3), 7)).mode == "RGB"
+    rgba[1, :, 3] = 255
+    assert np.asarray(load_image(Image.fromarray(rgba, "RGBA"))).tolist() == [[[255, 255, 255]], [[200, 0, 0]]]
 
 
 def test_source_errors_name_the_item(tmp_path):

@@ -116,3 +116,36 @@ def test_http_video(clip):
             fetch_video({"video": url + "nope.mp4"})
     finally:
         server.shutdown()
+
+
+def test_frames_list_under_0014_rules():
+    """qwen-vl-utils 0.0.14: each frame through fetch_image at factor 56 (4..16384 tokens of 56x56),
+    the padded stack then under the video budget at factor 28; the rate from `sample_fps`."""
+    from qwenvl.processing.image import MediaSettings
+
+    new = MediaSettings(rules="0.0.14")
+    frames = [Image.fromarray(index_frame(k)) for k in range(5)]   # 64x48 (WxH)
+    # 48x64 at factor 56: rounds to 56x56 = 3136 < 4*56*56 -> beta = sqrt(12544/3072) -> 112x168;
+    # then 6 frames under the video budget (min 128*28*28 = 100352): beta = sqrt(100352/18816) -> 280x392
+    out, fps, orig = fetch_video_sized({"video": frames, "fps": 3.0}, new)
+    assert orig == (64, 48) and out.shape == (6, 3, 280, 392)
+    assert fps == 2.0                                    # 0.0.14 ignores `fps` for frame lists
+    out, fps, _ = fetch_video_sized({"video": frames, "sample_fps": 3.0, **SMALL}, new)
+    assert fps == 3.0 and out.shape == (6, 3, 56, 56)    # item bounds apply at both steps
+    assert [read_index(f) for f in out] == [0, 1, 2, 3, 4, 4]
+    assert out.dtype == torch.float32 and float(out.max()) <= 255 and torch.equal(out, out.round())
+    # video budget below the 56-multiple frame size: scaled down at factor 28 (not 56)
+    # (56x56 frames; 6 frames sharing total_pixels 7056 allow 2352 each -> floor to 28x28)
+    out, _, _ = fetch_video_sized({"video": frames, "min_pixels": 28 * 28, "total_pixels": 7056}, new)
+    assert out.shape == (6, 3, 28, 28)
+    # the default rules are unchanged: frames as images, `fps` is the rate
+    out, fps, _ = fetch_video_sized({"video": frames, "fps": 3.0, "sample_fps": 9.0})
+    assert fps == 3.0 and out.shape == (6, 3, 56, 56)
+
+
+def test_video_budget_by_release():
+    from qwenvl.processing.image import MediaSettings
+
+    with pytest.raises(ValueError, match="below min_pixels"):
+        video_target(100, 100, {"min_pixels": 5000, "max_pixels": 1000}, 4, MediaSettings(rules="0.0.14"))
+    assert video_target(100, 100, {"min_pixels": 5000, "max_pixels": 1000}, 4) == (28, 28)

@@ -22,13 +22,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(pipe, **settings):
-    """Start create_app(pipe, ServerSettings(**settings)) under uvicorn; yields (base_url, app, server)."""
+def running_server(pipe, adapters=None, **settings):
+    """Start create_app(pipe, ServerSettings(**settings), adapters) under uvicorn; yields (base_url, app, server)."""
     import uvicorn
 
     from qwenvl.serve.app import ServerSettings, create_app
 
-    app = create_app(pipe, ServerSettings(**settings))
+    app = create_app(pipe, ServerSettings(**settings), adapters)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            timeout_graceful_shutdown=10))

@@ -38,6 +38,7 @@ def register(sub) -> None:
     p.add_argument("--max-pixels", type=positive_int,
                    help="per-image (per-frame for videos) maximum pixels after resizing")
     p.add_argument("--system", help="system prompt")
+    add_rules_arg(p)
     add_sampling_args(p)
     p.add_argument("--json", action="store_true", help="print {text, token_ids, prompt_tokens, timings} as JSON")
     p.set_defaults(func=run)
@@ -56,6 +57,22 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                         "for the decoder and LM head")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step (tens of seconds on the first token; no gain on small CPUs)")
+
+
+def add_rules_arg(p: argparse.ArgumentParser) -> None:
+    from ..processing.image import DEFAULT_RULES, RULES
+    p.add_argument("--qwen-vl-utils-rules", choices=RULES, default=DEFAULT_RULES,
+                   help=f"match this qwen-vl-utils release's resizing rules (default {DEFAULT_RULES}, the "
+                        "Qwen2.5-VL-era release; 0.0.14 differs for lists of frames and bad pixel bounds)")
+
+
+def use_rules(pipe, args):
+    """Set the --qwen-vl-utils-rules choice on the loaded pipeline's processor."""
+    import dataclasses
+    rules = getattr(args, "qwen_vl_utils_rules", None)
+    if rules:
+        pipe.processor.settings = dataclasses.replace(pipe.processor.settings, rules=rules)
+    return pipe
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -87,7 +104,8 @@ def load_pipeline(args, progress: Progress | None = None):
     check_device(getattr(args, "device", None))
     progress = progress or Progress(wanted(args))
     with progress.step(f"loading {Path(model).name or model} ({args.dtype}, {args.device})"):
-        return qwenvl.load(model, dtype=args.dtype, device=args.device, quantize=args.quantize, compile=args.compile)
+        return use_rules(qwenvl.load(model, dtype=args.dtype, device=args.device, quantize=args.quantize,
+                                     compile=args.compile), args)
 
 
 def media_items(images, videos, args) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .chat import add_engine_args
+from .chat import add_engine_args, add_rules_arg, use_rules
 from .errors import CLIError, one_line
 from .inputs import check_device, check_model, positive_float, positive_int
 from .progress import Progress, wanted
@@ -29,6 +29,7 @@ def register(sub) -> None:
     r.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     r.add_argument("--device", default="cpu")
     add_engine_args(r)
+    add_rules_arg(r)
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=run_cmd)
 
@@ -94,6 +95,7 @@ def run_cmd(args) -> int:
     with progress.step(f"loading {args.model} ({args.dtype}, {args.device})"):
         pipe = qwenvl.load(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize,
                            compile=args.compile)
+    use_rules(pipe, args)
     try:
         report = run(task, args.data, pipe, args.out, limit=args.limit, max_new_tokens=args.max_new_tokens,
                      ctx=ctx, progress=not args.no_progress and progress.enabled)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .chat import add_engine_args
+from .chat import add_engine_args, add_rules_arg, use_rules
 from .errors import CLIError
 from .inputs import check_device, check_image, check_model
 from .progress import Progress, wanted
@@ -65,6 +65,10 @@ def register(sub) -> None:
     p.add_argument("--max-n", type=int, default=8, help="largest 'n' (choices per request), default 8")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="on shutdown, seconds to let in-flight requests finish before cancelling them (default 30)")
+    add_rules_arg(p)
+    p.add_argument("--lora", action="append", default=[], metavar="NAME=PATH",
+                   help="also serve the model with this peft LoRA adapter merged, as model NAME (repeatable; "
+                        "each is a full copy of the weights with its own KV cache)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run_serve)
 
@@ -111,6 +115,23 @@ def settings_from_args(args, model_name: str):
                           vision_cache_mb=args.vision_cache_mb, prefill_chunk=args.prefill_chunk or None)
 
 
+def lora_args(values: list[str], base_name: str) -> dict[str, str]:
+    """--lora NAME=PATH values -> {NAME: PATH}, checked before anything loads."""
+    from pathlib import Path
+
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--lora {v!r}: expected NAME=PATH")
+        if name in out or name == base_name:
+            raise ValueError(f"--lora {v!r}: the model name {name!r} is already served")
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise ValueError(f"--lora {v!r}: {path} has no adapter_config.json (not a peft adapter)")
+        out[name] = path
+    return out
+
+
 def run_serve(args) -> int:
     import torch
     import uvicorn
@@ -129,11 +150,18 @@ def run_serve(args) -> int:
         dtype = "float32" if device == "cpu" else "bfloat16"
     name = args.served_model_name or args.model
     settings = settings_from_args(args, name)   # validate the flags before the (slow) load
+    loras = lora_args(args.lora, name)
     log = logging.getLogger("qwenvl.serve")
     log.info("loading %s (%s on %s)", args.model, dtype, device)
     pipe = qwenvl.load(args.model, dtype=dtype, device=device, max_batch=args.max_batch, quantize=args.quantize,
                        compile=args.compile)
-    app = create_app(pipe, settings)
+    use_rules(pipe, args)
+    adapters = {}
+    for lora_name, path in loras.items():
+        log.info("loading %s with the adapter %s as %r", args.model, path, lora_name)
+        adapters[lora_name] = use_rules(qwenvl.load(args.model, dtype=dtype, device=device, max_batch=args.max_batch,
+                                                    quantize=args.quantize, compile=args.compile, adapter=path), args)
+    app = create_app(pipe, settings, adapters)
     log.info("serving %r at http://%s:%d/v1 (max batch %d, max model len %d)", name, args.host, args.port,
              args.max_batch, app.state.max_len)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,

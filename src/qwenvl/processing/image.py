@@ -1,7 +1,7 @@
-"""Images: the qwen-vl-utils 0.0.11 rules (smart_resize, fetch_image) and the Qwen2VLImageProcessor
-patch layout, written directly.
+"""Images: the qwen-vl-utils rules (smart_resize, fetch_image; 0.0.11 by default, 0.0.14 on request)
+and the Qwen2VLImageProcessor patch layout, written directly.
 
-An image goes: source -> PIL RGB (alpha composited on white) -> resized so both sides are multiples
+An image goes: source -> PIL RGB (RGBA composited on white, other modes plainly converted) -> resized so both sides are multiples
 of 28 (= patch 14 x merge 2) within a pixel budget -> rescaled/normalised -> cut into 14x14 patches
 (each repeated over the temporal patch of 2) ordered so that every 2x2 merge group is contiguous.
 """
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-# qwen-vl-utils constants (0.0.10 and 0.0.11 agree).
+# qwen-vl-utils constants (0.0.10, 0.0.11 and 0.0.14 agree for factor 28; 0.0.14 states them as
+# token counts times factor**2).
 IMAGE_FACTOR = 28
 MIN_PIXELS = 4 * 28 * 28
 MAX_PIXELS = 16384 * 28 * 28
@@ -28,6 +29,20 @@ MAX_RATIO = 200
 # Qwen2VLImageProcessor defaults (OpenAI CLIP statistics).
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# The qwen-vl-utils releases whose rules we follow. 0.0.11 is the Qwen2.5-VL-era release (April 2025,
+# the one transformers 4.51.3 was used with); 0.0.14 is the Qwen3-VL-era release. They differ in:
+# smart_resize rejecting max_pixels < min_pixels (0.0.14), and lists of frames (0.0.14 resizes each
+# frame to multiples of 56, then applies the video pixel budget, and takes the rate from `sample_fps`).
+RULES = ("0.0.11", "0.0.14")
+DEFAULT_RULES = "0.0.11"
+
+
+def check_rules(rules: str) -> str:
+    if rules not in RULES:
+        raise ValueError(f"unknown qwen-vl-utils rules {rules!r}: choose one of {', '.join(RULES)}")
+    return rules
 
 
 @dataclass
@@ -42,28 +57,45 @@ class MediaSettings:
     fps: float = 2.0
     http_timeout: float = 10.0                 # seconds, for http(s) sources
     max_bytes: int = 50 * 2**20                # cap on a downloaded image
+    rules: str = DEFAULT_RULES                 # which qwen-vl-utils release to match (RULES)
+
+    def __post_init__(self):
+        check_rules(self.rules)
 
 
 DEFAULT_SETTINGS = MediaSettings()
 
 
 def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels: int = MIN_PIXELS,
-                 max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+                 max_pixels: int = MAX_PIXELS, rules: str = DEFAULT_RULES) -> tuple[int, int]:
     """(h, w) with both multiples of `factor`, close to the input aspect ratio, and
-    min_pixels <= h*w <= max_pixels. qwen-vl-utils 0.0.11 rules (incl. the max(factor, .) floors)."""
+    min_pixels <= h*w <= max_pixels, by the published qwen-vl-utils rules of release `rules`.
+    Where upstream fails (an assert, or a side floored to 0 that PIL then refuses) this raises a
+    ValueError naming the numbers instead."""
+    check_rules(rules)
+    if rules == "0.0.14" and max_pixels < min_pixels:
+        raise ValueError(f"max_pixels ({max_pixels}) is below min_pixels ({min_pixels}); qwen-vl-utils "
+                         f"{rules} requires max_pixels >= min_pixels")
+    if min(height, width) <= 0:
+        raise ValueError(f"cannot resize a {width}x{height} (WxH) image: a side is empty")
     if max(height, width) / min(height, width) > MAX_RATIO:
         raise ValueError(f"absolute aspect ratio must be smaller than {MAX_RATIO}, got "
                          f"{max(height, width) / min(height, width):.1f} for a {width}x{height} (WxH) image")
     h = max(factor, round(height / factor) * factor)   # Python round: banker's rounding, as the reference
     w = max(factor, round(width / factor) * factor)
     if h * w > max_pixels:
+        # no max(factor, .) floor here upstream (in either release): a thin image under a small
+        # budget gets a side of 0
         beta = math.sqrt(height * width / max_pixels)
-        h = max(factor, math.floor(height / beta / factor) * factor)
-        w = max(factor, math.floor(width / beta / factor) * factor)
+        h = math.floor(height / beta / factor) * factor
+        w = math.floor(width / beta / factor) * factor
     elif h * w < min_pixels:
         beta = math.sqrt(min_pixels / (height * width))
         h = math.ceil(height * beta / factor) * factor
         w = math.ceil(width * beta / factor) * factor
+    if h == 0 or w == 0:
+        raise ValueError(f"a {width}x{height} (WxH) image fits max_pixels={max_pixels} only with a side of 0 "
+                         f"(factor {factor}, qwen-vl-utils {rules}); raise max_pixels or pad the image")
     return h, w
 
 
@@ -76,13 +108,13 @@ def _describe(src) -> str:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB; transparent pixels become white (as qwen-vl-utils does for RGBA)."""
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGB", rgba.size, (255, 255, 255))
-        white.paste(rgba, mask=rgba.split()[3])
+    """RGB exactly as qwen-vl-utils (0.0.11 and 0.0.14) converts: only an RGBA image is composited
+    onto white; every other mode goes through PIL's plain convert("RGB"), which drops alpha without
+    compositing (an LA pixel keeps its grey, a transparent palette entry keeps its palette colour).
+    Flattening those onto white too would differ from what the model was run on by up to 255."""
+    if image.mode == "RGBA":
+        white = Image.new("RGB", image.size, (255, 255, 255))
+        white.paste(image, mask=image.split()[3])
         return white
     return image.convert("RGB")
 
@@ -150,9 +182,9 @@ def target_size(height: int, width: int, item: dict, settings: MediaSettings = D
     if "resized_height" in item and "resized_width" in item:
         # the reference rounds the requested size with the default bounds, not the item's
         return smart_resize(item["resized_height"], item["resized_width"], settings.factor,
-                            settings.min_pixels, settings.max_pixels)
+                            settings.min_pixels, settings.max_pixels, settings.rules)
     return smart_resize(height, width, settings.factor, item.get("min_pixels", settings.min_pixels),
-                        item.get("max_pixels", settings.max_pixels))
+                        item.get("max_pixels", settings.max_pixels), settings.rules)
 
 
 def fetch_image(item: dict, settings: MediaSettings = DEFAULT_SETTINGS) -> Image.Image:

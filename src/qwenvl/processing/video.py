@@ -1,13 +1,15 @@
-"""Videos: qwen-vl-utils 0.0.11 fetch_video, decoding with PyAV.
+"""Videos: qwen-vl-utils fetch_video (0.0.11 rules by default, 0.0.14 on request), decoding with PyAV.
 
 A file is sampled uniformly: n frames (fps x duration, even, within [min_frames, max_frames], or the
 item's nframes) at linspace(start, end, n).round() indices, then resized so that the whole video fits
 a total pixel budget (each LLM token covers 2 frames x 28 x 28 px). A list of frames goes frame by
-frame through the image path instead, padded to an even count.
+frame through the image path instead, padded to an even count (0.0.14 then also applies the video
+pixel budget, see frame_list).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -132,9 +134,9 @@ def video_target(height: int, width: int, item: dict, nframes: int,
                  settings: MediaSettings = DEFAULT_SETTINGS) -> tuple[int, int]:
     if "resized_height" in item and "resized_width" in item:
         return smart_resize(item["resized_height"], item["resized_width"], settings.factor,
-                            settings.min_pixels, settings.max_pixels)
+                            settings.min_pixels, settings.max_pixels, settings.rules)
     min_pixels, max_pixels = frame_budget(item, nframes, settings)
-    return smart_resize(height, width, settings.factor, min_pixels, max_pixels)
+    return smart_resize(height, width, settings.factor, min_pixels, max_pixels, settings.rules)
 
 
 def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -220,14 +222,7 @@ def fetch_video_sized(item: dict, settings: MediaSettings = DEFAULT_SETTINGS) ->
     if isinstance(src, (list, tuple)):
         if not src:
             raise ValueError("video item has an empty list of frames")
-        opts = {k: v for k, v in item.items() if k not in ("type", "video", "video_url")}
-        fetched = [fetch_image_sized({**opts, "image": f}, settings) for f in src]
-        images, orig = [im for im, _ in fetched], fetched[0][1]
-        first = images[0]
-        # frames of other sizes follow the first (the reference assumes they agree)
-        images = [im if im.size == first.size else im.resize(first.size) for im in images]
-        images += [images[-1]] * (math.ceil(len(images) / FRAME_FACTOR) * FRAME_FACTOR - len(images))
-        return pil_to_tensor(images).float(), float(item.get("fps", settings.fps)), orig
+        return frame_list(list(src), item, settings)
     if not isinstance(src, (str, Path)):
         raise ValueError(f"video item has no usable source (a path, file:// URI or list of frames): {_describe(src)}")
     s = str(src)
@@ -238,3 +233,27 @@ def fetch_video_sized(item: dict, settings: MediaSettings = DEFAULT_SETTINGS) ->
         raise ValueError(f"video file not found: {s!r}")
     return read_video(path, item, settings)
 
+
+def frame_list(src: list, item: dict, settings: MediaSettings = DEFAULT_SETTINGS) -> tuple[torch.Tensor, float, tuple[int, int]]:
+    """A video given as frames. 0.0.11: each frame is an image (fetch_image with the item's keys and
+    the image bounds), padded to an even count; the rate is the item's `fps`. 0.0.14: each frame goes
+    through fetch_image with the factor doubled (upstream passes the 28 factor where fetch_image
+    expects the 14 patch size, so frames land on multiples of 56 under 4..16384 tokens of 56x56), then
+    the padded stack is resized once more under the video budget, as a decoded file is; the rate is
+    the item's `sample_fps`."""
+    opts = {k: v for k, v in item.items() if k not in ("type", "video", "video_url")}
+    frame_settings = settings
+    if settings.rules == "0.0.14":
+        k = 2 * settings.factor
+        frame_settings = dataclasses.replace(settings, factor=k, min_pixels=4 * k * k, max_pixels=16384 * k * k)
+    fetched = [fetch_image_sized({**opts, "image": f}, frame_settings) for f in src]
+    images, orig = [im for im, _ in fetched], fetched[0][1]
+    first = images[0]
+    # frames of other sizes follow the first (the reference assumes they agree)
+    images = [im if im.size == first.size else im.resize(first.size) for im in images]
+    images += [images[-1]] * (math.ceil(len(images) / FRAME_FACTOR) * FRAME_FACTOR - len(images))
+    frames = pil_to_tensor(images)
+    if settings.rules == "0.0.11":
+        return frames.float(), float(item.get("fps", settings.fps)), orig
+    size = video_target(frames.shape[2], frames.shape[3], item, frames.shape[0], settings)
+    return resize_frames(frames, size), float(item.get("sample_fps", settings.fps)), orig

@@ -72,7 +72,10 @@ DEFAULT_MAX_MODEL_LEN = 8192
 DISCONNECT_POLL_S = 0.25   # how often a waiting non-streaming request checks that its client is still there
 
 
-def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAPI:
+def create_app(pipe: Pipeline, settings: ServerSettings | None = None,
+               adapters: dict[str, Pipeline] | None = None) -> FastAPI:
+    """`adapters`: more served models by name (`--lora NAME=PATH`: the base with that LoRA merged), each
+    with its own engine; a request's `model` picks one, any other name gets the base (as before)."""
     settings = settings or ServerSettings()
     context = pipe.config.text.max_position_embeddings
     max_len = min(settings.max_model_len or DEFAULT_MAX_MODEL_LEN, context)
@@ -83,15 +86,25 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
     engine = Engine(pipe.model, max_batch=settings.max_batch, max_len=max_len, compile=pipe.compile,
                     prefix_cache=prefix_cache, prefill_chunk=settings.prefill_chunk or None)
     scheduler = Scheduler(engine, pipe.processor.tokenizer, metrics, max_queue=settings.max_queue)
+    served = {settings.model_name: (pipe, scheduler)}
+    for name, p in (adapters or {}).items():
+        if name in served:
+            raise ValueError(f"the served model name {name!r} is given twice")
+        # no prefix cache shared across adapters: the same tokens have other keys/values under another LoRA
+        served[name] = (p, Scheduler(Engine(p.model, max_batch=settings.max_batch, max_len=max_len, compile=p.compile,
+                                            prefill_chunk=settings.prefill_chunk or None),
+                                     p.processor.tokenizer, metrics, max_queue=settings.max_queue))
     executor = ThreadPoolExecutor(max_workers=settings.preprocess_workers, thread_name_prefix="qwenvl-preprocess")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        scheduler.start()
+        for _, sched in served.values():
+            sched.start()
         try:
             yield
         finally:
-            await asyncio.to_thread(scheduler.stop, settings.shutdown_timeout)
+            for _, sched in served.values():
+                await asyncio.to_thread(sched.stop, settings.shutdown_timeout)
             executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="qwenvl", lifespan=lifespan)
@@ -141,23 +154,28 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
     async def metrics_text():
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    def model_card() -> dict:
-        return {"id": settings.model_name, "object": "model", "created": int(app.state.started),
-                "owned_by": "qwenvl", "root": str(pipe.path or settings.model_name), "max_model_len": max_len}
+    def model_card(name: str) -> dict:
+        p = served[name][0]
+        root = getattr(p, "adapter", None) or p.path or name
+        card = {"id": name, "object": "model", "created": int(app.state.started), "owned_by": "qwenvl",
+                "root": str(root), "max_model_len": max_len}
+        if name != settings.model_name:   # as vLLM lists a LoRA: the adapter as root, its base as parent
+            card["parent"] = settings.model_name
+        return card
 
     app.state.started = time.time()
 
     @app.get("/v1/models")
     async def models(request: Request):
         check_auth(request)
-        return {"object": "list", "data": [model_card()]}
+        return {"object": "list", "data": [model_card(name) for name in served]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str, request: Request):
         check_auth(request)
-        if model_id != settings.model_name:
+        if model_id not in served:
             raise APIError(404, f"the model '{model_id}' does not exist", param="model", code="model_not_found")
-        return model_card()
+        return model_card(model_id)
 
     grammar_lock = threading.Lock()
 
@@ -188,7 +206,9 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
             limits = dict(max_n=settings.max_n, max_stop=settings.max_stop, max_stop_chars=settings.max_stop_chars)
             req = (protocol.parse_chat_request(body, **limits) if chat
                    else completions.parse_completion_request(body, **limits))
-            scheduler.reserve()
+            name = req.model if req.model in served else settings.model_name
+            target, sched = served[name]
+            sched.reserve()
         except APIError as e:
             metrics.count("requests", str(e.status))
             raise
@@ -197,15 +217,15 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
         metrics.add("preprocessing", 1)
         try:
             work = prepare if chat else prepare_completion
-            seqs, info = await asyncio.get_running_loop().run_in_executor(executor, work, pipe, req, settings, max_len,
-                                                                          grammars, handle.deadline)
+            seqs, info = await asyncio.get_running_loop().run_in_executor(executor, work, target, req, settings,
+                                                                          max_len, grammars, handle.deadline)
             if handle.deadline is not None and time.perf_counter() > handle.deadline:
                 raise APIError(504, f"the request did not finish within its timeout of {settings.request_timeout:g} s",
                                code="timeout")
-            scheduler.submit(handle, seqs)
+            sched.submit(handle, seqs)
         except BaseException as e:
             if not handle.jobs:
-                scheduler.unreserve()
+                sched.unreserve()
             if isinstance(e, APIError):
                 metrics.count("requests", str(e.status))
             elif isinstance(e, Exception):
@@ -214,10 +234,10 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
         finally:
             metrics.add("preprocessing", -1)
         if req.stream:   # counted once it ends: 200, 499 (client gone) or the error's status
-            return StreamingResponse(stream(req, handle, info, chat), media_type="text/event-stream",
+            return StreamingResponse(stream(req, handle, info, chat, sched, name), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                                     background=BackgroundTask(scheduler.cancel, handle))
-        return await complete(req, handle, request, info, chat)
+                                     background=BackgroundTask(sched.cancel, handle))
+        return await complete(req, handle, request, info, chat, sched, name)
 
     async def read_body(request: Request):
         limit = settings.max_request_bytes
@@ -245,7 +265,8 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
     def prompt_tokens_of(info: dict, done: dict) -> int:
         return info.get("prompt_tokens", done["prompt_tokens"])
 
-    async def complete(req, handle: Handle, request: Request, info: dict, chat: bool):
+    async def complete(req, handle: Handle, request: Request, info: dict, chat: bool, scheduler: Scheduler,
+                       name: str):
         count = req.n if chat else req.choices
         texts = [""] * count
         reasons = ["stop"] * count
@@ -284,7 +305,7 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
                         if req.logprobs is not None:
                             for i, c in enumerate(choices):
                                 c["logprobs"] = {"content": [token_text.entry(e) for e in lps[i]], "refusal": None}
-                        return protocol.completion(req, settings.model_name, choices, u["prompt_tokens"],
+                        return protocol.completion(req, name, choices, u["prompt_tokens"],
                                                    u["completion_tokens"], u.get("cached_tokens", 0))
                     for i, c in enumerate(choices):
                         p = i // req.n
@@ -293,15 +314,14 @@ def create_app(pipe: Pipeline, settings: ServerSettings | None = None) -> FastAP
                         if req.logprobs is not None:
                             entries = (info["prompt_logprobs"][p] if req.echo else []) + [(e, e.token) for e in lps[i]]
                             c["logprobs"] = completions.legacy_logprobs(entries, token_text)
-                    return completions.response(req, settings.model_name, choices, prompt_tokens_of(info, u),
+                    return completions.response(req, name, choices, prompt_tokens_of(info, u),
                                                 u["completion_tokens"])
                 getter = asyncio.ensure_future(handle.events.get())
         finally:
             getter.cancel()
             scheduler.cancel(handle)
 
-    async def stream(req, handle: Handle, info: dict, chat: bool):
-        name = settings.model_name
+    async def stream(req, handle: Handle, info: dict, chat: bool, scheduler: Scheduler, name: str):
         count = req.n if chat else req.choices
         parsers = [tooling.ToolStreamParser() if chat and req.tools is not None else None for _ in range(count)]
         pending: list[list] = [[] for _ in range(count)]   # logprobs not yet sent with a chunk

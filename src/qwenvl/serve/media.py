@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
-from ..processing.image import MediaSettings, PatchSpec, smart_resize, target_size
+from ..processing.image import MediaSettings, PatchSpec, smart_resize, target_size, to_rgb  # one conversion rule
 from ..processing.video import FRAME_FACTOR, open_container, sample_indices, sniff_container, video_target
 from .errors import APIError, bad_request
 from .protocol import MediaRef
@@ -331,20 +331,6 @@ def decode_image(img, param: str):
 def open_image(data: bytes | Path, param: str, policy: MediaPolicy):
     """Decode an image after checking its header's pixel count. Returns an RGB PIL image."""
     return decode_image(image_header(data, param, policy), param)
-
-
-def to_rgb(img):
-    """RGB; transparency goes onto white (as vLLM and the Qwen tools do)."""
-    from PIL import Image
-
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        out = Image.new("RGB", rgba.size, (255, 255, 255))
-        out.paste(rgba, mask=rgba.split()[3])
-        return out
-    return img.convert("RGB")
 
 
 # ---------------------------------------------------------------------- videos

@@ -361,6 +361,10 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.save_every:
         ckpt.save(out / "checkpoints", step, t.model, t.optimizer, t.scheduler, t.stream.state(), cfg.keep)
     if cfg.export:
+        if t.peft is not None:   # the peft adapter first: merging removes the LoRA layers
+            from .adapter import export_adapter
+            summary["adapter"] = str(export_adapter(t.model, t.peft.peft_config["default"], Path(cfg.model),
+                                                    out / "adapter"))
         model = t.peft.merge_and_unload() if t.peft is not None else t.model
         summary["final"] = str(ckpt.export(model, Path(cfg.model), out / "final"))
     if metrics:

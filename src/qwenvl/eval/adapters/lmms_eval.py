@@ -4,10 +4,15 @@ simple tasks: req.args = (context, gen_kwargs, doc_to_visual, doc_id, task, spli
               from self.task_dict[task][split][doc_id], and doc_to_visual(doc) gives PIL images and/or
               video paths (placed before the text, as lmms-eval's own Qwen2.5-VL adapter does).
 chat tasks:   req.args = (context, doc_to_messages, gen_kwargs, doc_id, task, split); doc_to_messages(doc)
-              gives OpenAI-style messages with {"type": "image"|"video", "url": ...} items.
+              gives OpenAI-style messages with {"type": "image"|"video", "url": ...} items; a video's
+              start_time/end_time (seconds) become our video_start/video_end.
 
-    from qwenvl.eval.adapters.lmms_eval import register
-    register()   # then: --model qwenvl --model_args pretrained=/path,max_pixels=1605632
+Registration, lmms-eval 0.7: models are found through MODEL_REGISTRY_V2, filled from ModelManifests
+that name module-level classes by import path. `manifests()` is the payload of the `lmms_eval.models`
+entry point this package declares (pyproject.toml), so an installed qwenvl is found by
+`lmms-eval --model qwenvl --model_args pretrained=/path,max_pixels=1605632` with no code. The classes
+live in lmms_eval_models.py, which imports lmms-eval (this module does not). `register()` does the
+same in-process (and fills the old MODEL_REGISTRY of lmms-eval < 0.7).
 """
 
 from __future__ import annotations
@@ -63,7 +68,12 @@ class QwenVLForLmmsEval:
                 c = c.model_dump() if hasattr(c, "model_dump") else dict(c)
                 kind = c.get("type")
                 if kind in ("image", "video"):
-                    items.append(self.gen.item(kind, c.get("url", c.get(kind))))
+                    item = self.gen.item(kind, c.get("url", c.get(kind)))
+                    if kind == "video":   # lmms-eval's clip window, in seconds
+                        for theirs, ours in (("start_time", "video_start"), ("end_time", "video_end")):
+                            if c.get(theirs) is not None:
+                                item[ours] = float(c[theirs])
+                    items.append(item)
                 elif kind == "text":
                     items.append({"type": "text", "text": c["text"]})
             out.append({"role": m["role"], "content": items})
@@ -91,10 +101,33 @@ class QwenVLForLmmsEval:
         raise NotImplementedError("qwenvl adapter: multi-round generation is not supported")
 
 
-def register(name: str = "qwenvl"):
-    """Subclass lmms_eval's `lmms` base and register the adapter under `name`; returns the class."""
-    from lmms_eval.api.model import lmms
+MODEL_ID = "qwenvl"
+SIMPLE_CLASS = "qwenvl.eval.adapters.lmms_eval_models.QwenVLSimple"
+CHAT_CLASS = "qwenvl.eval.adapters.lmms_eval_models.QwenVLChat"
+
+
+def manifests(name: str = MODEL_ID) -> list:
+    """lmms-eval 0.7 ModelManifests: one id with a chat class (what 0.7 resolves by default, so tasks
+    with doc_to_messages keep their video windows) and a simple class (for --force_simple)."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return [ModelManifest(model_id=name, simple_class_path=SIMPLE_CLASS, chat_class_path=CHAT_CLASS)]
+
+
+def register(name: str = MODEL_ID):
+    """Register the adapter under `name` in this process; returns the class lmms-eval will resolve
+    (the chat one on 0.7, the simple one on older releases)."""
+    try:
+        from lmms_eval.models import MODEL_REGISTRY_V2
+    except ImportError:    # lmms-eval < 0.7: the decorator registry only
+        MODEL_REGISTRY_V2 = None
     from lmms_eval.api.registry import register_model
 
-    cls = type("QwenVLLmmsEval", (QwenVLForLmmsEval, lmms), {})
-    return register_model(name)(cls)
+    from . import lmms_eval_models
+
+    if MODEL_REGISTRY_V2 is None:
+        return register_model(name)(lmms_eval_models.QwenVLSimple)
+    for manifest in manifests(name):
+        MODEL_REGISTRY_V2.register_manifest(manifest, overwrite=True)
+    register_model(name)(lmms_eval_models.QwenVLSimple)   # the old registry, for code that still reads it
+    return MODEL_REGISTRY_V2.get_model_class(name)
