@@ -18,7 +18,7 @@ def register(sub) -> None:
     r = evsub.add_parser("run", help="generate answers (resumable) and score them")
     r.add_argument("--task", required=True)
     r.add_argument("--data", required=True, help="annotation file or directory, as released")
-    r.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    r.add_argument("--model", help="checkpoint directory or hub id (default: the bundled small model)")
     r.add_argument("--out", required=True, help="output directory (predictions.jsonl, scores.json)")
     r.add_argument("--limit", type=positive_int, help="only the first N samples")
     r.add_argument("--max-new-tokens", type=positive_int, help="default: the task's own")
@@ -90,7 +90,7 @@ def run_cmd(args) -> int:
         ctx = MediaContext(max_pixels=args.max_pixels, min_pixels=args.min_pixels, fps=args.fps,
                            media_dir=args.media_dir)
         load_records(task, args, ctx)
-        check_model(args.model)
+        args.model = check_model(args.model or qwenvl.DEFAULT_MODEL)
         check_device(args.device)
     with progress.step(f"loading {args.model} ({args.dtype}, {args.device})"):
         pipe = qwenvl.load(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize,

@@ -15,7 +15,7 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching",
                        description="Serve one checkpoint over an OpenAI-compatible API (/v1/chat/completions, "
                                    "/v1/completions, /v1/models, /health, /metrics). See docs/serving.md.")
-    p.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    p.add_argument("--model", help="checkpoint directory or hub id (default: the bundled small model)")
     p.add_argument("--served-model-name", help="the model id in /v1/models and responses (default: --model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
@@ -140,7 +140,7 @@ def run_serve(args) -> int:
     from ..serve.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    check_model(args.model)
+    args.model = check_model(args.model or qwenvl.DEFAULT_MODEL)
     check_device(args.device)
     device = args.device
     if device == "auto":
