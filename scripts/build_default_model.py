@@ -1,20 +1,25 @@
 """Build the small default model end to end with the project's own pipeline, offline.
 
 1. `init`: a byte-level BPE tokenizer trained on the synthetic tasks' texts (digits split as Qwen's),
-   the processor files (a small pixel budget: the model sees images of at most 64 merged tokens),
-   and a randomly initialised model of the Qwen2.5-VL architecture (window + full attention ViT,
-   2x2 merger, MRoPE decoder with absolute time);
-2. `train`: `qwenvl train --recipe` over a curriculum of synthetic data drawn on the fly
-   (qwenvl.synth), with per-reply loss weighting and greedy-decoding task metrics in metrics.jsonl;
-   resumable in chunks (`--resume`; stop it any time with Ctrl-C or `--max-minutes`);
-3. `eval`: `qwenvl eval run` on held-out sets written by `qwenvl data synth`;
-4. `ship`: copy the final checkpoint into src/qwenvl/assets/default (what the package loads when no
-   --model is given).
+   the processor files (a small pixel budget: the model sees images of at most 64 merged tokens,
+   video frames of 16), and a randomly initialised model of the Qwen2.5-VL architecture (window +
+   full attention ViT, 2x2 merger, MRoPE decoder with absolute time);
+2. `train1`: `qwenvl train --recipe` over a curriculum of every synthetic task drawn on the fly
+   (qwenvl.synth), per-reply loss weighting, greedy task metrics in metrics.jsonl; the shipped run
+   stopped it at step 1100 of its 2200 (`--max-minutes`), and `export1` writes that checkpoint out;
+3. `train2`: a second chunk from that export with a fresh schedule on the spatial and temporal tasks,
+   scenes of 1-2 objects first;
+4. `eval`: `qwenvl eval run` on held-out sets written by `qwenvl.synth.write` (other seeds);
+5. `ship`: copy the result into src/qwenvl/assets/default (what the package loads with no --model).
 
-    python scripts/build_default_model.py init --out runs/default
-    python scripts/build_default_model.py train --out runs/default          # again to resume
-    python scripts/build_default_model.py eval --out runs/default
-    python scripts/build_default_model.py ship --out runs/default
+    python scripts/build_default_model.py init
+    python scripts/build_default_model.py train1 --max-minutes 116      # again to resume
+    python scripts/build_default_model.py export1
+    python scripts/build_default_model.py train2 --max-minutes 42
+    python scripts/build_default_model.py eval
+    python scripts/build_default_model.py ship
+
+Extra arguments after the step go to `qwenvl train` (e.g. --threads 1 --no-progress).
 """
 
 from __future__ import annotations
@@ -44,14 +49,22 @@ VIDEO_MAX_PIXELS = 16 * 28 * 28                          # video frames: 16 merg
 
 STAGE1 = "synth:ground=3,point=1,count=1"
 STAGE2 = "synth:ground=3,ground_all=1,point=2,count=2,video_ground=3,read=1,gui=1,document=1"
+SPATIAL = "synth:ground=4,point=2,count=2"
+SPATIAL_TEMPORAL = "synth:ground=4,point=2,count=2,ground_all=1,video_ground=3"
 
-RECIPE = {
+RECIPE1 = {
     "stage": "multimodal", "lr": 3e-4, "vision_lr": 3e-4, "merger_lr": 3e-4, "warmup": 30, "min_lr_ratio": 0.05,
     "weight_decay": 0.01, "batch_size": 2, "pack": True, "max_len": 1024, "chunk": 48,
     "loss_weighting": "reply", "synth": {"turns": 3, "size_range": [112, 640]},
     "curriculum": [{"steps": 500, "data": STAGE1}, {"steps": 1700, "data": STAGE2}],
     "max_steps": 2200, "eval_data": STAGE2, "eval_every": 300, "eval_generate": 8, "eval_max_new_tokens": 120,
-    "save_every": 100, "keep": 2, "fps_range": None,
+    "save_every": 100, "keep": 2, "fps_range": None, "video_max_pixels": VIDEO_MAX_PIXELS,
+}
+RECIPE2 = {
+    **RECIPE1, "warmup": 20, "max_steps": 1300, "eval_every": 325,
+    "eval_data": "synth:ground,point,count,ground_all,video_ground",
+    "curriculum": [{"steps": 350, "data": SPATIAL, "synth": {"objects": [1, 2]}},
+                   {"steps": 950, "data": SPATIAL_TEMPORAL}],
 }
 
 
@@ -82,29 +95,41 @@ def init(out: Path, vocab: int) -> None:
     print(f"{dest}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocabulary {size}")
 
 
-def train(out: Path, extra: list[str]) -> None:
-    recipe = out / "recipe.json"
-    if not recipe.exists():
-        recipe.write_text(json.dumps({**RECIPE, "model": str(out / "init"), "out": str(out / "train"),
-                                      "video_max_pixels": VIDEO_MAX_PIXELS}, indent=2))
-    resume = ["--resume"] if (out / "train" / "checkpoints" / "latest").exists() else []
-    subprocess.run([sys.executable, "-m", "qwenvl.cli.main", "train", "--recipe", str(recipe), *resume, *extra],
+def _train(out: Path, name: str, recipe: dict, extra: list[str]) -> None:
+    path = out / f"{name}.json"
+    if not path.exists():
+        path.write_text(json.dumps(recipe, indent=2))
+    resume = ["--resume"] if (out / name / "checkpoints" / "latest").exists() else []
+    subprocess.run([sys.executable, "-m", "qwenvl.cli.main", "train", "--recipe", str(path), *resume, *extra],
                    check=True)
 
 
+def export1(out: Path) -> None:
+    """The newest checkpoint of train1 as a Hugging Face folder (the start of train2)."""
+    from qwenvl.train import checkpoint as ckpt
+    from qwenvl.train.loop import TrainConfig, Trainer
+
+    rec = json.loads((out / "train1.json").read_text())
+    cfg = TrainConfig(**{**rec, "fps_range": None, "progress": False, "export": False, "resume": True})
+    t = Trainer(cfg)
+    step, _, where = ckpt.resume(out / "train1" / "checkpoints", t.model, t.optimizer, t.scheduler)
+    print(f"{where} (step {step}) -> {ckpt.export(t.model, out / 'init', out / 'chunk1')}")
+
+
 def evaluate(out: Path, n: int, model: str | None) -> None:
-    model = model or str(out / "train" / "final")
+    model = model or str(out / "train2" / "final")
     for task in synth.TASKS:
         data = out / "heldout" / task
-        if not (data / "eval.jsonl").exists():
-            synth.write(task, n, data, seed=12345)
+        if not (data / "eval.jsonl").exists():  # held out: another seed, scenes up to 1000 px a side
+            synth.write(task, n, data, seed=12345, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS,
+                        video_max_pixels=VIDEO_MAX_PIXELS, size_range=(112, 1000))
         subprocess.run([sys.executable, "-m", "qwenvl.cli.main", "eval", "run", "--task", f"synth_{task}",
                         "--data", str(data / "eval.jsonl"), "--model", model, "--out", str(out / "eval" / task),
                         "--dtype", "float32"], check=True)
 
 
 def ship(out: Path) -> None:
-    src, dest = out / "train" / "final", Path(__file__).resolve().parents[1] / "src" / "qwenvl" / "assets" / "default"
+    src, dest = out / "train2" / "final", Path(__file__).resolve().parents[1] / "src" / "qwenvl" / "assets" / "default"
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(src, dest)
     print(f"shipped {src} -> {dest}")
@@ -112,15 +137,24 @@ def ship(out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["init", "train", "eval", "ship"])
+    ap.add_argument("step", choices=["init", "train1", "export1", "train2", "eval", "ship"])
     ap.add_argument("--out", default="runs/default")
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--n", type=int, default=200, help="eval: held-out examples per task")
     ap.add_argument("--model", help="eval: the checkpoint to score (default: OUT/train/final)")
     args, extra = ap.parse_known_args()
     out = Path(args.out)
-    {"init": lambda: init(out, args.vocab), "train": lambda: train(out, extra),
-     "eval": lambda: evaluate(out, args.n, args.model), "ship": lambda: ship(out)}[args.step]()
+    steps = {
+        "init": lambda: init(out, args.vocab),
+        "train1": lambda: _train(out, "train1", {**RECIPE1, "model": str(out / "init"), "out": str(out / "train1")},
+                                 extra),
+        "export1": lambda: export1(out),
+        "train2": lambda: _train(out, "train2", {**RECIPE2, "model": str(out / "chunk1"), "out": str(out / "train2")},
+                                 extra),
+        "eval": lambda: evaluate(out, args.n, args.model),
+        "ship": lambda: ship(out),
+    }
+    steps[args.step]()
 
 
 if __name__ == "__main__":

@@ -43,3 +43,10 @@ def test_chat_sets_the_rules_on_the_processor(tiny_ckpt, monkeypatch, capsys):
     assert seen[0].processor.settings.rules == "0.0.14"
     assert main(["chat", "--model", str(tiny_ckpt), "--dtype", "float32", "--max-new-tokens", "1", "Hello"]) == 0
     assert seen[1].processor.settings.rules == "0.0.11"
+
+
+def test_cli_rule_names_match_processing():
+    """The CLI spells the choices out (no torch import for --help); they must be processing's."""
+    from qwenvl.cli import chat
+    from qwenvl.processing import image
+    assert chat.RULES == image.RULES and chat.DEFAULT_RULES == image.DEFAULT_RULES

@@ -100,7 +100,7 @@ def test_truncated_safetensors(files, broken_ckpt, capsys, no_load):
 def test_truncated_safetensors_past_the_checks(broken_ckpt, capsys, monkeypatch):
     """The same failure raised by the loader itself (the check skipped) is still one line."""
     monkeypatch.setattr("qwenvl.cli.chat.check_model", lambda m: m)
-    fails(capsys, ["chat", "--model", str(broken_ckpt), "--dtype", "float32", "hi"], ".safetensors", "cannot be read")
+    fails(capsys, ["chat", "--model", str(broken_ckpt), "--dtype", "float32", "hi"], ".safetensors", "truncated")
 
 
 def test_missing_model(files, tmp_path, capsys, no_load):

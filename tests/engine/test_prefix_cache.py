@@ -146,8 +146,8 @@ def test_no_hit_across_different_images_of_equal_size(ours, proc):
 
 
 def test_keys_cover_content_and_grid():
-    from qwenvl.config import QwenVLConfig
-    cfg = QwenVLConfig()
+    from qwenvl.config import PRESETS
+    cfg = PRESETS["3b"]
     pix = torch.randn(16, 8)
     square = media_items({"pixel_values": pix, "image_grid_thw": torch.tensor([[1, 4, 4]])}, cfg)
     wide = media_items({"pixel_values": pix, "image_grid_thw": torch.tensor([[1, 2, 8]])}, cfg)

@@ -106,7 +106,7 @@ def test_every_task_builds_messages(tmp_path, task, row):
     data.write_text(json.dumps(row) + "\n")
     t = get_task(task)
     rec = t.load(data)[0]
-    msgs = t.messages(rec, MediaContext(max_pixels=1000, fps=1.0))
+    msgs = t.messages(rec, MediaContext(max_pixels=4 * 28 * 28, fps=1.0))
     assert msgs[-1]["role"] == "user"
     kinds = [c["type"] for c in msgs[-1]["content"]]
     assert "text" in kinds and ("image" in kinds or "video" in kinds)

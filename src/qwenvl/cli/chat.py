@@ -59,8 +59,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the decode step (tens of seconds on the first token; no gain on small CPUs)")
 
 
+# processing.image.RULES / DEFAULT_RULES, spelled out so that building the parser imports no torch
+# (tests/cli/test_cli_rules.py checks they agree)
+RULES, DEFAULT_RULES = ("0.0.11", "0.0.14"), "0.0.11"
+
+
 def add_rules_arg(p: argparse.ArgumentParser) -> None:
-    from ..processing.image import DEFAULT_RULES, RULES
     p.add_argument("--qwen-vl-utils-rules", choices=RULES, default=DEFAULT_RULES,
                    help=f"match this qwen-vl-utils release's resizing rules (default {DEFAULT_RULES}, the "
                         "Qwen2.5-VL-era release; 0.0.14 differs for lists of frames and bad pixel bounds)")
@@ -70,7 +74,7 @@ def use_rules(pipe, args):
     """Set the --qwen-vl-utils-rules choice on the loaded pipeline's processor."""
     import dataclasses
     rules = getattr(args, "qwen_vl_utils_rules", None)
-    if rules:
+    if rules and rules != DEFAULT_RULES:   # the processor's own default otherwise
         pipe.processor.settings = dataclasses.replace(pipe.processor.settings, rules=rules)
     return pipe
 
