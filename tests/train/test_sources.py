@@ -148,3 +148,11 @@ def test_recipe_file_and_max_minutes(tiny_ckpt, sft_data, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"max_stepz": 3}))
     assert main(["train", "--recipe", str(bad), "--out", str(out)]) == 1
+
+
+def test_a_synthetic_chunk_lowers_the_loss(tiny_ckpt, tmp_path):
+    """A few steps of the default model's recipe shape (synthetic stream, packing, reply weighting) learn."""
+    s = train(cfg(tiny_ckpt, "synth:count=2,ground", tmp_path, max_steps=10, lr=1e-2, min_lr_ratio=1.0, pack=True,
+                  max_len=2048, chunk=8, batch_size=2, loss_weighting="reply", synth={"size_range": (56, 112)}))
+    first, last = sum(s["losses"][:2]) / 2, sum(s["losses"][-2:]) / 2
+    assert last < 0.7 * first, s["losses"]
