@@ -14,6 +14,7 @@ transformers is imported only for the reference timing (it is a test extra, neve
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import random
 import tempfile
@@ -77,8 +78,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-len", type=int, default=512)
     ap.add_argument("--no-reference", action="store_true", help="skip transformers")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
+
+    def say(msg: str) -> None:   # progress on stderr; stdout holds only the JSON result
+        if not args.quiet:
+            print(f"train bench: {msg}", file=sys.stderr, flush=True)
+
+    say("building a random checkpoint and encoding the samples")
 
     from ..processing import Processor
 
@@ -112,6 +120,7 @@ def main(argv=None) -> dict:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for name, pack in (("ours_unpacked", False), ("ours_packed", True)):
         model.load_state_dict(state)
+        say(f"timing {args.steps} steps of ours ({'packed' if pack else 'unpacked'})")
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
         step, batch = ours(plan_rows([[s] for s in samples], args.max_len, pack))
         sec, loss = time_steps(step, args.steps)
@@ -122,6 +131,7 @@ def main(argv=None) -> dict:
             results[name]["packing_efficiency"] = round(batch.stats["tokens"] / (batch.input_ids.shape[0] * args.max_len), 3)
 
     if not args.no_reference:
+        say(f"timing {args.steps} steps of transformers (the reference)")
         import transformers
 
         hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
