@@ -270,7 +270,29 @@ class DataOptions:
     seed: int = 0
 
 
-class Stream:
+class Packing:
+    """What every stream of micro-batches counts: real tokens against the token slots paid for."""
+
+    def __init__(self, opts: DataOptions):
+        self.opts = opts
+        self.packing_stats = {"tokens": 0, "slots": 0, "rows": 0, "samples": 0}
+
+    def _count(self, batch) -> None:
+        st = self.packing_stats
+        st["tokens"] += batch.stats["tokens"]
+        st["slots"] += batch.stats["rows"] * (self.opts.max_len if self.opts.pack else batch.input_ids.shape[1])
+        st["rows"] += batch.stats["rows"]
+        st["samples"] += batch.stats["samples"]
+
+    @property
+    def efficiency(self) -> float:
+        """Real tokens over the token slots paid for (rows x --max-len when packing, rows x longest row
+        otherwise)."""
+        st = self.packing_stats
+        return st["tokens"] / st["slots"] if st["slots"] else 0.0
+
+
+class Stream(Packing):
     """Endless micro-batches over this rank's share of the records (records rank::world of a seeded
     per-epoch shuffle). Records are taken in chunks; a chunk is encoded, packed and cut into
     micro-batches. `state()` is (epoch, chunk start, micro-batches consumed in the chunk) and is
@@ -278,11 +300,11 @@ class Stream:
 
     def __init__(self, records: list[Record], processor, config, opts: DataOptions, rank: int = 0,
                  world: int = 1, pad_id: int = 0, preference: bool = False):
-        self.records, self.processor, self.config, self.opts = records, processor, config, opts
+        super().__init__(opts)
+        self.records, self.processor, self.config = records, processor, config
         self.rank, self.world, self.pad_id, self.preference = rank, world, pad_id, preference
         self.epoch, self.start, self.taken = 0, 0, 0
         self._batches: list | None = None
-        self.packing_stats = {"tokens": 0, "slots": 0, "rows": 0, "samples": 0}
 
     def _order(self) -> list[int]:
         g = torch.Generator().manual_seed(self.opts.seed * 1000 + self.epoch)
@@ -339,13 +361,6 @@ class Stream:
         self._count(batch)
         return batch
 
-    def _count(self, batch) -> None:
-        st = self.packing_stats
-        st["tokens"] += batch.stats["tokens"]
-        st["slots"] += batch.stats["rows"] * (self.opts.max_len if self.opts.pack else batch.input_ids.shape[1])
-        st["rows"] += batch.stats["rows"]
-        st["samples"] += batch.stats["samples"]
-
     def state(self) -> dict:
         return {"epoch": self.epoch, "start": self.start, "taken": self.taken}
 
@@ -354,10 +369,3 @@ class Stream:
         self._batches = None
         if self.taken:
             self._fill()
-
-    @property
-    def efficiency(self) -> float:
-        """Real tokens over the token slots paid for (rows x --max-len when packing, rows x longest row
-        otherwise)."""
-        st = self.packing_stats
-        return st["tokens"] / st["slots"] if st["slots"] else 0.0

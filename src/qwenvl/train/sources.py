@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from .data import BadRecord, DataOptions, Stream, encode, read_records, report
+from .data import BadRecord, DataOptions, Packing, Stream, encode, read_records, report
 from .pack import collate, plan_rows
 
 SYNTH_PREFIX = "synth:"
@@ -39,12 +39,13 @@ def parse_mix(spec: str) -> dict[str, float]:
     return mix
 
 
-class SynthStream:
+class SynthStream(Packing):
     """Endless micro-batches of freshly drawn synthetic conversations (same interface as data.Stream)."""
 
     def __init__(self, mix: dict[str, float], processor, config, opts: DataOptions, rank: int = 0,
                  world: int = 1, pad_id: int = 0, sample_kw: dict | None = None):
-        self.mix, self.processor, self.config, self.opts = mix, processor, config, opts
+        super().__init__(opts)
+        self.mix, self.processor, self.config = mix, processor, config
         self.rank, self.world, self.pad_id = rank, world, pad_id
         s = processor.settings
         # Answers are in pixels of the processor's resized input, so the generator uses its budget.
@@ -52,7 +53,6 @@ class SynthStream:
                           "video_max_pixels": s.video_max_pixels, **(sample_kw or {})}
         self.chunk, self.taken = 0, 0
         self._batches: list | None = None
-        self.packing_stats = {"tokens": 0, "slots": 0, "rows": 0, "samples": 0}
 
     def examples(self, chunk: int, n: int):
         """The chunk's examples: (where, Example). Deterministic in (seed, rank, chunk)."""
@@ -87,7 +87,7 @@ class SynthStream:
         rows = self._batches[self.taken]
         self.taken += 1
         batch = collate(rows, self.pad_id, self.config.vision.merge_unit)
-        Stream._count(self, batch)
+        self._count(batch)
         return batch
 
     def state(self) -> dict:
@@ -99,7 +99,6 @@ class SynthStream:
         if self.taken:
             self._fill()
 
-    efficiency = Stream.efficiency
 
 
 def make_stream(data: str, processor, config, opts: DataOptions, rank: int, world: int, pad_id: int,
