@@ -148,14 +148,25 @@ def test_scene_content_matches_the_questions():
 
 
 def test_multi_turn_media_only_in_the_first_turn():
-    ex = synth.sample("ground", random.Random(2), turns=3)
+    ex = synth.sample("ground", random.Random(2), turns=3, objects=(3, 6))
     roles = [m["role"] for m in ex.messages]
     assert roles == ["user", "assistant"] * 3
     kinds = [[c["type"] for c in m["content"]] for m in ex.messages[::2]]
     assert sorted(kinds[0]) == ["image", "text"] and kinds[1] == kinds[2] == ["text"]
-    labels = [t["label"] for t in ex.targets]
-    n_objs = len(synth.shapes.scene(random.Random(2), (112, 640))[2])
-    assert len(set(labels)) == min(3, n_objs)        # other objects while there are any
+
+
+@pytest.mark.parametrize("task", ["ground", "point"])
+def test_a_shape_is_asked_for_once_per_conversation(task):
+    rng = random.Random(6)
+    for _ in range(40):
+        ex = synth.sample(task, rng, turns=4, objects=(1, 6))
+        labels = [t["label"] for t in ex.targets]
+        assert len(labels) == len(set(labels))      # never the same question twice
+        assert 1 <= len(labels) <= 4
+    # a one-shape scene is a one-turn conversation, however many turns are asked
+    assert len(synth.sample(task, random.Random(1), turns=3, objects=(1, 1)).targets) == 1
+    # and a six-shape scene gives every turn asked
+    assert len(synth.sample(task, random.Random(1), turns=3, objects=(6, 6)).targets) == 3
 
 
 def test_order_option():

@@ -76,10 +76,14 @@ def _pick(rng: random.Random, pool: list, used: list):
 
 
 def questions(task: str, rng: random.Random, objs: list[Obj], size, insize, turns: int) -> list[tuple[str, str, dict]]:
-    """(question, answer, target) per turn; targets in original pixels."""
+    """(question, answer, target) per turn, up to `turns`; targets in original pixels. A shape is asked for
+    once per conversation (ground, point: a scene of n shapes gives at most n turns), since a repeated
+    question is answered by copying the earlier reply, which teaches nothing."""
     out, used = [], []
     for _ in range(turns):
         if task in ("ground", "point"):
+            if len(used) == len(objs):
+                break
             o = _pick(rng, objs, used)
             if task == "ground":
                 ans = json_answer([{"bbox_2d": to_input(o.box, insize, size), "label": o.name}])
