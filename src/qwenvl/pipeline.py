@@ -5,6 +5,9 @@
     logits = pipe.model(**batch).logits
     result = pipe.chat(messages, max_new_tokens=64, temperature=0)
     for delta in pipe.stream(messages): print(delta, end="")
+
+chat and stream run the generation driver (engine/driver.py); a server or another batching caller gets
+its own with `pipe.driver(...)` and builds its sequences with `pipe.sequence` / `pipe.token_sequence`.
 """
 
 from __future__ import annotations
@@ -13,16 +16,16 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from .engine.engine import Engine, Sequence, generate
+from .engine.driver import Delta, Driver, Failed, Finished
+from .engine.engine import Engine, Sequence
+from .engine.logprobs import prompt_logprobs
 from .engine.sampling import SamplingParams
+from .errors import ContextLengthError
 from .model import QwenVL
 from .model.weights import load_model
-from .processing.stops import StopMatcher
-from .processing.tokenizer import StreamDecoder
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -85,6 +88,20 @@ class Pipeline:
             return ()
         return tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
 
+    @property
+    def tokenizer(self):
+        """The checkpoint's tokenizer (processing.tokenizer.Tokenizer): encode, decode, token_to_id."""
+        return self.processor.tokenizer
+
+    @property
+    def context_length(self) -> int:
+        """The most tokens (prompt and answer) the model takes: its max_position_embeddings."""
+        return self.config.text.max_position_embeddings
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.text.vocab_size
+
     # ------------------------------------------------------------------ requests
 
     def sampling_params(self, params: SamplingParams | None = None, **kwargs) -> SamplingParams:
@@ -95,7 +112,8 @@ class Pipeline:
         return params.with_defaults(self.generation_config)
 
     def sequence(self, conversation: list[dict], params: SamplingParams, **template_kwargs) -> tuple[Sequence, list]:
-        """template_kwargs go to the chat template (e.g. tools=[...])."""
+        """A conversation -> (Sequence ready for a Driver, MediaInfo per image/video). template_kwargs go to
+        the chat template (e.g. tools=[...]). A prompt over the model's context raises ContextLengthError."""
         batch = self.processor(conversation, **template_kwargs)
         device = self.model.device
         media = {k: batch[k].to(device) for k in MEDIA_KEYS if k in batch}
@@ -103,130 +121,98 @@ class Pipeline:
         seq = Sequence(prompt_ids=ids, params=params, media=media, eos_ids=self.eos_ids)
         return seq, batch.media[0]
 
+    def token_sequence(self, ids: list[int], params: SamplingParams) -> Sequence:
+        """A Sequence for a raw prompt of token ids (no chat template, no media)."""
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary of {self.vocab_size}")
+        return Sequence(prompt_ids=list(ids), params=params, eos_ids=self.eos_ids)
+
+    def driver(self, max_batch: int | None = None, max_len: int | None = None, prefix_cache=None,
+               prefill_chunk: int | None = None) -> Driver:
+        """A generation driver (engine.driver.Driver) over this model and tokenizer: an Engine with
+        `max_batch` slots (default self.max_batch) of `max_len` tokens (default the context), decode steps
+        compiled as self.compile says. prefix_cache: an engine.prefix_cache.PrefixCache to reuse prompt
+        prefixes (None: none); prefill_chunk: prompt tokens per step for admitted prefills (None: whole)."""
+        engine = Engine(self.model, max_batch=max_batch or self.max_batch, max_len=max_len or self.context_length,
+                        compile=self.compile, prefix_cache=prefix_cache, prefill_chunk=prefill_chunk)
+        return Driver(engine, self.tokenizer)
+
+    def grammars(self):
+        """A new grammar compiler for this tokenizer (engine.grammar.Grammars; needs llguidance)."""
+        from .engine.grammar import Grammars
+        return Grammars(self.tokenizer.backend.to_str(), self.vocab_size, self.eos_ids)
+
+    @torch.inference_mode()
+    def prompt_logprobs(self, ids: list[int], top: int) -> list:
+        """The log-probability of each prompt token given the ones before it, with the `top` most likely
+        alternatives (engine.logprobs.prompt_logprobs: the first token has none)."""
+        logits = self.model(torch.tensor([ids], device=self.model.device)).logits[0]
+        return prompt_logprobs(logits, ids, top)
+
     # ------------------------------------------------------------------ chat
 
     def chat(self, messages: list, params: SamplingParams | None = None, **sampling):
-        """One conversation -> ChatResult; a list of conversations -> list of ChatResult (decoded together)."""
+        """One conversation -> ChatResult; a list of conversations -> list of ChatResult (decoded together).
+        A sequence that fails (NaN logits, a failing sampler) fails the call, once the others have ended."""
         batched = bool(messages) and isinstance(messages[0], (list, tuple))
         conversations = messages if batched else [messages]
         params = self.sampling_params(params, **sampling)
-        results = self._run(conversations, params)
+        pairs = [self.sequence(c, params) for c in conversations]
+        seqs = [s for s, _ in pairs]
+        driver = self.driver(max_batch=min(self.max_batch, len(seqs)), max_len=self._max_len(seqs),
+                             prefix_cache=self.prefix_cache)
+        start = time.perf_counter()
+        ends: dict[int, Finished] = {}
+        failed = []
+        for event in driver.run(seqs):
+            if isinstance(event, Finished):
+                ends[id(event.seq)] = event
+            elif isinstance(event, Failed):
+                failed.append(event.error)
+        if failed:
+            raise failed[0]
+        results = [self._result(ends[id(s)], media, start) for s, media in pairs]
         return results if batched else results[0]
 
     def stream(self, messages: list, params: SamplingParams | None = None, on_token=None, **sampling):
         """Yield text deltas of one conversation's answer as they are produced. The generator's return
         value (StopIteration.value, or `yield from`) is the full ChatResult. on_token(n), if given, is
         called with the number of tokens generated so far after each step (the first call marks the
-        end of the vision tower and prefill), text or not."""
+        end of the vision tower and prefill), text or not. A failed sequence raises its error."""
         params = self.sampling_params(params, **sampling)
-        holder: list[ChatResult] = []
-        yield from self._stream_one(messages, params, holder, on_token)
-        return holder[0]
-
-    def _stream_one(self, messages, params, holder, on_token=None):
         seq, media = self.sequence(messages, params)
-        engine = Engine(self.model, max_batch=1, max_len=self._max_len([seq]), compile=self.compile,
-                        prefix_cache=self.prefix_cache)
-        text = TextTracker(self.processor.tokenizer, params.stop)
+        driver = self.driver(max_batch=1, max_len=self._max_len([seq]), prefix_cache=self.prefix_cache)
         start = time.perf_counter()
-        for s, _ in generate(engine, [seq]):
-            if on_token is not None:
-                on_token(len(s.output_ids))
-            delta = text.update(s.output_ids)
-            if text.stopped:
-                s.finish("stop")
-            if delta:
-                yield delta
-        delta = text.finish(seq.output_ids)
-        if delta:
-            yield delta
-        if seq.error is not None:   # the engine ended it (NaN logits, a failing sampler): say so, loudly
-            raise seq.error
-        holder.append(self._result(seq, media, text, start))
+        for event in driver.run([seq]):
+            if isinstance(event, Delta):
+                if on_token is not None:
+                    on_token(len(seq.output_ids))
+                if event.text:
+                    yield event.text
+            elif isinstance(event, Failed):
+                raise event.error
+            else:
+                return self._result(event, media, start)
 
     def _max_len(self, seqs: list[Sequence]) -> int:
         need = max(len(s.prompt_ids) + s.params.max_new_tokens for s in seqs)
-        limit = self.config.text.max_position_embeddings
+        limit = self.context_length
         longest = max(len(s.prompt_ids) for s in seqs)
         if longest >= limit:
-            raise ValueError(f"prompt has {longest} tokens, over the model's context of {limit}")
+            raise ContextLengthError(f"prompt has {longest} tokens, over the model's context of {limit}")
         return min(need, limit)
 
-    def _run(self, conversations, params) -> list[ChatResult]:
-        pairs = [self.sequence(c, params) for c in conversations]
-        seqs = [s for s, _ in pairs]
-        engine = Engine(self.model, max_batch=min(self.max_batch, len(seqs)), max_len=self._max_len(seqs),
-                        compile=self.compile, prefix_cache=self.prefix_cache)
-        trackers = {id(s): TextTracker(self.processor.tokenizer, params.stop) for s in seqs}
-        start = time.perf_counter()
-        for s, _ in generate(engine, seqs):
-            t = trackers[id(s)]
-            if params.stop:
-                t.update(s.output_ids)
-                if t.stopped:
-                    s.finish("stop")
-        failed = [s.error for s in seqs if s.error is not None]
-        if failed:   # in a batch the others finished; the call still fails, as it would have before
-            raise failed[0]
-        results = []
-        for s, media in pairs:
-            t = trackers[id(s)]
-            t.finish(s.output_ids)
-            results.append(self._result(s, media, t, start))
-        return results
-
-    def _result(self, seq: Sequence, media, text: "TextTracker", start: float) -> ChatResult:
+    def _result(self, end: Finished, media, start: float) -> ChatResult:
+        seq = end.seq
         timings = dict(seq.timings)
         timings["total_s"] = time.perf_counter() - start
         n = max(len(seq.output_ids) - 1, 1)
         if timings.get("decode_s"):
             timings["decode_tokens_per_s"] = n / timings["decode_s"]
-        return ChatResult(text=text.text, token_ids=list(seq.output_ids), prompt_tokens=len(seq.prompt_ids),
-                          finish_reason=seq.finish_reason or "stop", media=list(media), timings=timings,
+        return ChatResult(text=end.text, token_ids=list(seq.output_ids), prompt_tokens=len(seq.prompt_ids),
+                          finish_reason=end.reason, media=list(media), timings=timings,
                           cached_tokens=seq.cached_tokens)
-
-
-class TextTracker:
-    """Turns a growing list of output ids into text deltas (incremental detokenizing: a multi-byte
-    character is never split) and cuts the text at the first stop string, holding back a possible
-    start of one until it is decided."""
-
-    def __init__(self, tokenizer, stop: tuple[str, ...] = ()):
-        self.decoder = StreamDecoder(tokenizer, skip_special_tokens=True)
-        self.stop = stop
-        self.matcher = StopMatcher(stop)   # incremental: each new character costs O(1) per stop string
-        self.fed = 0
-        self.raw = ""       # everything decoded so far
-        self.text = ""      # what has been emitted (never past a stop string)
-        self.stopped = False
-
-    def update(self, ids: list[int]) -> str:
-        if len(ids) > self.fed:
-            self._add(self.decoder.add(ids[self.fed:]))
-            self.fed = len(ids)
-        return self._emit(final=False)
-
-    def finish(self, ids: list[int]) -> str:
-        """The last delta once the sequence has ended: held-back text is final now."""
-        self.update(ids)
-        self._add(self.decoder.flush())
-        return self._emit(final=True)
-
-    def _add(self, piece: str) -> None:
-        self.raw += piece
-        self.matcher.feed(piece)
-
-    def _emit(self, final: bool) -> str:
-        if self.stopped:
-            return ""
-        end = len(self.raw)
-        if self.matcher.match is not None:
-            end, self.stopped = self.matcher.match, True
-        elif not final:
-            end -= self.matcher.pending
-        delta = self.raw[len(self.text):end]
-        self.text += delta
-        return delta
 
 
 def check_processor(path: Path, spec, config) -> None:

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 
+from ..errors import ContextLengthError
 from . import chat
 from .image import (MediaSettings, PatchSpec, fetch_image_sized, image_patches, patchify, pil_to_tensor,
                     processor_resize, smart_resize)
@@ -250,7 +251,7 @@ class Processor:
         for x in ids:
             if len(x) > self.max_length:
                 visual = sum(1 for i in x if i in (self.image_token_id, self.video_token_id))
-                raise ValueError(f"prompt has {len(x)} tokens ({visual} visual), over the model's context of "
+                raise ContextLengthError(f"prompt has {len(x)} tokens ({visual} visual), over the model's context of "
                                  f"{self.max_length}")
 
 
