@@ -9,3 +9,13 @@ class CheckpointError(ValueError):
 class ContextLengthError(ValueError):
     """A prompt with more tokens than the model takes (its context, or the length a server allows); the
     message gives both counts."""
+
+
+class MediaError(ValueError):
+    """An image or video of a conversation that cannot be used (unreadable, too small, a bad option).
+    `kind` ("image" | "video") and `number` (1-based, counted per conversation over all media) name it."""
+
+    def __init__(self, kind: str, number: int, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.number = number

@@ -31,10 +31,32 @@ def test_chat_json_matches_python_api(tiny_ckpt, tmp_path, capsys):
 
 
 def test_interactive_session(tiny_ckpt, monkeypatch, capsys):
+    """Each reply is what Pipeline.chat answers for the conversation so far (earlier turns and replies
+    included), printed with a newline after it; the replies go to stdout, the session's notes to stderr."""
+    from qwenvl.pipeline import Pipeline
+
     lines = iter(["hello", "and again", "/quit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
-    assert main(["chat", "--model", str(tiny_ckpt), "--max-new-tokens", "3", "--temperature", "0"]) == 0
-    assert capsys.readouterr().out.count("\n") >= 2
+    seen = []
+    real = Pipeline.stream
+
+    def stream(self, messages, *a, **kw):
+        seen.append([dict(m) for m in messages])
+        return real(self, messages, *a, **kw)
+
+    monkeypatch.setattr(Pipeline, "stream", stream)
+    assert main(["chat", "--model", str(tiny_ckpt), "--dtype", "float32", "--max-new-tokens", "4", "--temperature",
+                 "0"]) == 0
+    out = capsys.readouterr().out
+    monkeypatch.setattr(Pipeline, "stream", real)
+
+    pipe = qwenvl.load(tiny_ckpt)
+    turn = lambda text: {"role": "user", "content": [{"type": "text", "text": text}]}  # noqa: E731
+    first = pipe.chat([turn("hello")], max_new_tokens=4, temperature=0)
+    history = [turn("hello"), {"role": "assistant", "content": first.text}, turn("and again")]
+    second = pipe.chat(history, max_new_tokens=4, temperature=0)
+    assert seen == [[turn("hello")], history]   # the second turn carried the first one and its reply
+    assert out == first.text + "\n" + second.text + "\n"
 
 
 def test_missing_image_is_a_clear_error(tiny_ckpt, tmp_path, capsys):

@@ -131,7 +131,8 @@ def test_playlist_files_and_the_library_path_are_refused(server, dirs):
 
 def test_random_bytes_and_truncations_as_media_are_4xx(pipe, dirs, tmp_path):
     """Random bytes, truncated and bit-flipped real files, through the whole preprocessing of a request."""
-    from qwenvl.serve.app import ServerSettings, prepare
+    from qwenvl.serve.app import ServerSettings
+    from qwenvl.serve.prepare import prepare
     from qwenvl.serve.media import MediaPolicy
     from qwenvl.serve.protocol import parse_chat_request
 
@@ -524,7 +525,8 @@ def fuzz_body(rng: random.Random, media: list[str]) -> dict:
 
 def test_fuzzed_bodies_never_get_a_5xx(pipe, dirs):
     """Random types and values for every field, through parsing and the whole preprocessing."""
-    from qwenvl.serve.app import ServerSettings, prepare
+    from qwenvl.serve.app import ServerSettings
+    from qwenvl.serve.prepare import prepare
     from qwenvl.serve.media import MediaPolicy
     from qwenvl.serve.protocol import parse_chat_request
 
@@ -625,7 +627,8 @@ def test_the_library_raises_a_failed_sequence(pipe, monkeypatch):
 def test_media_loading_stops_at_the_deadline(pipe, dirs, monkeypatch):
     """Many slow sources (each under its own fetch timeout) must not hold a worker past the request's."""
     import qwenvl.serve.media as media
-    from qwenvl.serve.app import ServerSettings, prepare
+    from qwenvl.serve.app import ServerSettings
+    from qwenvl.serve.prepare import prepare
     from qwenvl.serve.media import MediaPolicy
     from qwenvl.serve.protocol import parse_chat_request
 

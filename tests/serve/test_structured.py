@@ -53,9 +53,9 @@ def test_compiled_grammar_is_cached_per_schema(served):
     base, app = served
     c = client(base)
     c.chat.completions.create(model="m", messages=TEXT, max_tokens=60, response_format=schema_format(POINT, "p"))
-    compiled = app.state.grammars.compiled
+    compiled = app.state.server.grammars().compiled
     c.chat.completions.create(model="m", messages=TEXT, max_tokens=60, response_format=schema_format(POINT, "q"))
-    assert app.state.grammars.compiled == compiled
+    assert app.state.server.grammars().compiled == compiled
 
 
 def test_two_concurrent_constrained_requests_batch_together(served):

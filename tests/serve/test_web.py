@@ -23,7 +23,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from serve_util import client, data_uri, image_message, running_server
 
-from qwenvl.serve.web import input_size
+from qwenvl.engine.driver import Usage
+from qwenvl.serve.routes.web import input_size
+from qwenvl.serve.scheduler import ChoiceDelta, ChoiceEnd, RequestDone
 from qwenvl.tasks.grounding import parse_boxes
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -64,9 +66,9 @@ class Script:
         def run():
             for p in pieces:
                 time.sleep(delay)
-                handle.emit("delta", 0, p, [])   # (index, text, logprobs), as Scheduler._on_token emits
-            handle.emit("finish", 0, "stop")
-            handle.emit("done", {"prompt_tokens": len(seqs[0].prompt_ids), "completion_tokens": len(pieces)})
+                handle.emit(ChoiceDelta(0, p, []))   # what the scheduler emits for a choice's new text
+            handle.emit(ChoiceEnd(0, "stop"))
+            handle.emit(RequestDone(Usage(len(seqs[0].prompt_ids), len(pieces))))
         threading.Thread(target=run, daemon=True).start()
 
     def say(self, text: str, delay: float = 0.01):

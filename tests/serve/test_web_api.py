@@ -6,7 +6,7 @@ import httpx
 import pytest
 from serve_util import data_uri, png_bytes, running_server
 
-from qwenvl.serve.web import STATIC, input_size
+from qwenvl.serve.routes.web import STATIC, input_size
 from qwenvl.tasks.grounding import parse_boxes
 
 

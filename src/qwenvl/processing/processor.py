@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 
-from ..errors import ContextLengthError
+from ..errors import ContextLengthError, MediaError
 from . import chat
 from .image import (MediaSettings, PatchSpec, fetch_image_sized, image_patches, patchify, pil_to_tensor,
                     processor_resize, smart_resize)
@@ -166,7 +166,7 @@ class Processor:
                                            fps, T))
                     videos.append(frames)
             except ValueError as e:
-                raise ValueError(f"{item['type']} {i + 1} ({_source(item)}): {e}") from None
+                raise MediaError(item["type"], i + 1, f"{item['type']} {i + 1} ({_source(item)}): {e}") from None
         return Prepared(text, images, videos, media)
 
     def _processor_resize_video(self, frames: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,6 @@
 """The OpenAI-compatible server (`qwenvl serve`): app.create_app(pipe, ServerSettings(...)) -> FastAPI app.
 
-Modules: protocol (request validation, response objects), media (safe media loading), scheduler
-(continuous batching on a worker thread), metrics (Prometheus text), loadtest (`qwenvl bench-serve`)."""
+Modules: app (the factory), routes/ (one module per route group), prepare (a request's preprocessing),
+state (what the routes share), scheduler (continuous batching over the Pipeline's generation driver on
+a worker thread), protocol and completions (request validation, response objects), media (safe media
+loading), metrics (Prometheus text), loadtest (`qwenvl bench-serve`)."""

@@ -1,13 +1,13 @@
-"""Continuous batching for the server: one Engine, one worker thread, asyncio on the other side.
+"""Continuous batching for the server: one generation Driver, one worker thread, asyncio on the other side.
 
-The worker loops: admit waiting sequences into free slots, run one engine step (a decode step for all
+The worker loops: admit waiting sequences into free slots, run one driver step (a decode step for all
 running sequences and one unit of a queued prefill: its media encoding or one chunk of its prompt), hand
-out the new text, free the slots of finished, cancelled and timed-out sequences.
+out the driver's events, free the slots of cancelled and timed-out sequences.
 torch releases the GIL inside its kernels, so the event loop keeps serving while a step runs.
 
 Each request is a Handle with an asyncio.Queue; the worker puts events on it through
-loop.call_soon_threadsafe. Events: ("delta", index, text, logprobs), ("finish", index, reason),
-("done", usage dict), ("error", APIError), ("cancelled",). Only the worker touches the Engine.
+loop.call_soon_threadsafe: ChoiceDelta and ChoiceEnd per choice, then one RequestDone; or one
+RequestError; or RequestCancelled. Only the worker touches the Driver.
 """
 
 from __future__ import annotations
@@ -20,22 +20,50 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from ..engine.engine import Engine, Sequence
-from ..pipeline import TextTracker
+from ..engine.driver import Delta, Driver, Failed, Finished, Usage
+from ..engine.engine import Sequence
 from .errors import APIError
 from .metrics import Metrics
 
 log = logging.getLogger("qwenvl.serve")
 
 
+@dataclass
+class ChoiceDelta:
+    """New text of choice `index`, with the TokenLogprob entries of its tokens (when asked for)."""
+    index: int
+    text: str
+    logprobs: list
+
+
+@dataclass
+class ChoiceEnd:
+    index: int
+    reason: str            # "stop" | "length"
+
+
+@dataclass
+class RequestDone:
+    """Every choice has ended; the request's token counts."""
+    usage: Usage
+
+
+@dataclass
+class RequestError:
+    error: APIError
+
+
+@dataclass
+class RequestCancelled:
+    """The client went away; ends a handler still waiting."""
+
+
 @dataclass(eq=False)
 class Job:
-    """One choice of a request: a sequence and the text made from it so far."""
+    """One choice of a request."""
     handle: "Handle"
     index: int
     seq: Sequence
-    tracker: TextTracker
-    sent_logprobs: int = 0   # entries of seq.logprobs already handed out
 
 
 @dataclass(eq=False)
@@ -54,7 +82,7 @@ class Handle:
     completion_tokens: int = 0
     open_jobs: int = 0
 
-    def emit(self, *event) -> None:
+    def emit(self, event) -> None:
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
         except RuntimeError:   # the loop is closed (server shutting down): nobody is listening
@@ -75,10 +103,14 @@ def sequence_error(e: Exception) -> APIError:
                     code="generation_failed")
 
 
+def prefill_error(e: Exception) -> APIError:
+    """A ValueError is the prompt's own (too long, bad media): a 400; anything else is ours."""
+    return APIError(400 if isinstance(e, ValueError) else 500, f"prefill failed: {e}", code="prefill_failed")
+
+
 class Scheduler:
-    def __init__(self, engine: Engine, tokenizer, metrics: Metrics, max_queue: int = 256):
-        self.engine = engine
-        self.tokenizer = tokenizer
+    def __init__(self, driver: Driver, metrics: Metrics, max_queue: int = 256):
+        self.driver = driver
         self.metrics = metrics
         self.max_queue = max_queue
         self.waiting: collections.deque[Job] = collections.deque()
@@ -111,8 +143,7 @@ class Scheduler:
 
     def submit(self, handle: Handle, seqs: list[Sequence]) -> None:
         """Queue a reserved request's sequences (one per choice). Consumes the reservation."""
-        trackers = [TextTracker(self.tokenizer, s.params.stop) for s in seqs]
-        handle.jobs = [Job(handle, i, s, t) for i, (s, t) in enumerate(zip(seqs, trackers))]
+        handle.jobs = [Job(handle, i, s) for i, s in enumerate(seqs)]
         handle.open_jobs = len(seqs)
         handle.submitted = time.perf_counter()
         with self.cond:
@@ -200,13 +231,13 @@ class Scheduler:
         """Give waiting sequences slots; their prefills run in the engine's steps (chunked, next to the
         running batch's decoding). The choices of one request that fit are admitted together: one prefill
         and one vision pass for all of them (the engine copies the row)."""
-        while self.engine.has_free_slot():
+        while self.driver.has_free_slot():
             with self.cond:
                 if not self.waiting:
                     return
                 job = self.waiting.popleft()
                 h = job.handle
-                room = self.engine.free_slots() - 1
+                room = self.driver.free_slots() - 1
                 # choices of the same prompt (a completions request may hold several prompts)
                 siblings = [j for j in self.waiting if j.handle is h and j.seq.prompt_ids == job.seq.prompt_ids
                             and j.seq.media is job.seq.media][:room]
@@ -217,14 +248,11 @@ class Scheduler:
             self.metrics.observe("queue_time", time.perf_counter() - h.submitted)
             group = [job, *siblings]
             try:
-                self.engine.admit(job.seq, [j.seq for j in siblings])
+                self.driver.admit(job.seq, [j.seq for j in siblings])   # frees what it took if it raises
             except Exception as e:
-                if not isinstance(e, ValueError):   # a ValueError is the prompt's own (too long): a 400
+                if not isinstance(e, ValueError):
                     log.exception("admission failed")
-                for j in group:   # whatever slots it took before failing
-                    self.engine.release(j.seq)
-                self._fail(h, APIError(500 if not isinstance(e, ValueError) else 400, f"prefill failed: {e}",
-                                       code="prefill_failed"))
+                self._fail(h, prefill_error(e))
                 continue
             for j in group:
                 self.running[id(j.seq)] = j
@@ -235,73 +263,51 @@ class Scheduler:
     def _decode(self) -> None:
         if not self.running:
             return
-        pairs = self.engine.step()
-        if self.engine.last_batch:
-            self.metrics.step(self.engine.last_batch)
-        failed, self.engine.failed = self.engine.failed, []
-        for seq, err in failed:   # a prefill that raised: its request only
-            job = self.running.get(id(seq))
-            if job is not None:
-                log.error("prefill failed: %s", err)
-                self._fail(job.handle, APIError(400 if isinstance(err, ValueError) else 500,
-                                                f"prefill failed: {err}", code="prefill_failed"))
-        for job in [j for j in self.running.values() if j.seq.error is not None]:
-            self._fail(job.handle, sequence_error(job.seq.error))   # that request only; the batch goes on
-        for seq, token in pairs:
-            job = self.running.get(id(seq))
-            if job is not None:
-                self._on_token(job, token)
+        events = self.driver.step()
+        if self.driver.last_batch:
+            self.metrics.step(self.driver.last_batch)
+        for event in events:
+            job = self.running.get(id(event.seq))
+            if job is None:   # its request failed earlier in this step
+                continue
+            if isinstance(event, Delta):
+                self._on_delta(job, event)
+            elif isinstance(event, Finished):
+                self._release(job, event.reason)
+            elif isinstance(event, Failed):   # that request only; the batch goes on
+                if event.stage == "prefill":
+                    log.error("prefill failed: %s", event.error)
+                    self._fail(job.handle, prefill_error(event.error))
+                else:
+                    self._fail(job.handle, sequence_error(event.error))
 
-    def _on_token(self, job: Job, token: int) -> None:
-        h, seq = job.handle, job.seq
+    def _on_delta(self, job: Job, delta: Delta) -> None:
+        h = job.handle
         now = time.perf_counter()
         if h.first_token is None:
             h.first_token = now
             self.metrics.observe("ttft", now - h.arrival)
-        h.completion_tokens += 1
-        self.metrics.add("generation_tokens")
-        delta = job.tracker.update(seq.output_ids)
-        if job.tracker.stopped:
-            seq.finish("stop")
-        if seq.finished:   # held-back text (an incomplete character, a partial stop string) is final now
-            delta += job.tracker.finish(seq.output_ids)
-        logprobs = self._new_logprobs(job)
-        if delta or logprobs:
-            h.emit("delta", job.index, delta, logprobs)
-        if seq.finished:
-            self._release(job, seq.finish_reason)
-
-    @staticmethod
-    def _new_logprobs(job: Job) -> list:
-        """The TokenLogprob entries produced since the last event; the token that ended the sequence (eos,
-        a stop token id) is not part of the answer and has none, as in OpenAI's answers."""
-        seq = job.seq
-        if seq.params.logprobs is None:
-            return []
-        n = len(seq.logprobs)
-        if seq.finished and n and not seq.params.ignore_eos and \
-                (seq.output_ids[-1] in seq.eos_ids or seq.output_ids[-1] in seq.params.stop_token_ids):
-            n -= 1
-        out = seq.logprobs[job.sent_logprobs:n]
-        job.sent_logprobs = max(job.sent_logprobs, n)
-        return out
+        h.completion_tokens += len(delta.tokens)
+        self.metrics.add("generation_tokens", len(delta.tokens))
+        if delta.text or delta.logprobs:
+            h.emit(ChoiceDelta(job.index, delta.text, delta.logprobs))
 
     def _release(self, job: Job, reason: str) -> None:
+        """The choice has ended (reason "stop"/"length") or is dropped ("abort"): free its slot, tell the client."""
         self.running.pop(id(job.seq), None)
-        self.engine.release(job.seq)
+        self.driver.release(job.seq)   # nothing to do for a sequence that ended in the driver
         h = job.handle
         if h.cancelled or h.failed:
             h.open_jobs = max(h.open_jobs - 1, 0)
             if h.cancelled and not h.failed and h.open_jobs == 0:
-                h.emit("cancelled")   # ends a handler still waiting (it is normally gone already)
+                h.emit(RequestCancelled())   # ends a handler still waiting (it is normally gone already)
             return
         self.metrics.count("finished", reason)
-        h.emit("finish", job.index, reason)
+        h.emit(ChoiceEnd(job.index, reason))
         h.open_jobs -= 1
         if h.open_jobs == 0:
             self.metrics.observe("latency", time.perf_counter() - h.arrival)
-            h.emit("done", {"prompt_tokens": h.prompt_tokens, "completion_tokens": h.completion_tokens,
-                            "cached_tokens": h.jobs[0].seq.cached_tokens})
+            h.emit(RequestDone(Usage(h.prompt_tokens, h.completion_tokens, h.jobs[0].seq.cached_tokens)))
 
     def _fail(self, h: Handle, err: APIError) -> None:
         """End a request with an error: free all its slots, drop its queued choices, tell the client once."""
@@ -311,11 +317,11 @@ class Scheduler:
         for job in h.jobs:
             if id(job.seq) in self.running:
                 self.running.pop(id(job.seq))
-                self.engine.release(job.seq)
+                self.driver.release(job.seq)
         with self.cond:
             for job in h.jobs:
                 if job in self.waiting:
                     self.waiting.remove(job)
         h.open_jobs = 0
         self.metrics.count("finished", err.code or "error")
-        h.emit("error", err)
+        h.emit(RequestError(err))
