@@ -9,6 +9,7 @@ from PIL import Image
 
 import qwenvl
 from hf_reference import load_hf
+from qwenvl.errors import ContextLengthError
 
 
 def image(w, h, seed=0):
@@ -86,8 +87,31 @@ def test_seeded_sampling(pipe):
 
 def test_prompt_longer_than_context(pipe):
     long = conv(text="the quick brown fox " * 1100)  # > 4096 tokens, the tiny model's context
-    with pytest.raises(ValueError, match="tokens.*context|context.*tokens"):
+    with pytest.raises(ContextLengthError, match="tokens.*context|context.*tokens"):
         pipe.chat(long, max_new_tokens=4)
+
+
+def test_the_serving_api(pipe):
+    """What a server builds on: a driver over the pipeline's model, raw-prompt sequences, prompt scoring."""
+    from qwenvl.engine.driver import Finished
+
+    assert pipe.context_length == pipe.config.text.max_position_embeddings
+    ids = pipe.tokenizer.encode("The quick brown fox")
+    params = pipe.sampling_params(max_new_tokens=5, temperature=0, ignore_eos=True, logprobs=2)
+    seq = pipe.token_sequence(ids, params)
+    assert seq.prompt_ids == ids and seq.eos_ids == pipe.eos_ids
+    driver = pipe.driver(max_batch=2)
+    assert driver.free_slots() == 2 and driver.engine.max_len == pipe.context_length
+    (end,) = [e for e in driver.run([seq]) if isinstance(e, Finished)]
+    assert end.text == pipe.tokenizer.decode(seq.output_ids, skip_special_tokens=True) and len(seq.output_ids) == 5
+    with pytest.raises(ValueError, match=f"token id {pipe.vocab_size}"):
+        pipe.token_sequence([1, pipe.vocab_size], params)
+    # scoring the prompt and its answer gives the logprobs the engine reported while generating them
+    scored = pipe.prompt_logprobs(ids + seq.output_ids, 2)
+    assert scored[0] is None and [e.token for e in scored[1:]] == (ids + seq.output_ids)[1:]
+    got = scored[len(ids):]
+    assert [e.logprob for e in got] == pytest.approx([e.logprob for e in seq.logprobs], abs=1e-4)
+    assert [[t for t, _ in e.top] for e in got] == [[t for t, _ in e.top] for e in seq.logprobs]
 
 
 def test_hub_id_without_network_says_so(tmp_path, monkeypatch):

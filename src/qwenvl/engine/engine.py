@@ -7,7 +7,8 @@ encoding, in slices of the vision tower's blocks, then chunks of the prompt. Wit
 (prefix_cache.py) a prompt starts from the stored keys/values of its longest cached prefix, and n > 1
 completions of one prompt share its prefill (their rows are copies).
 
-The engine knows token ids and media tensors only; text (stop strings, streaming) is the caller's.
+The engine knows token ids and media tensors only; text (detokenizing, stop strings, events per
+sequence) is the generation driver's (driver.py).
 Positions: each sequence carries the MRoPE positions of its prompt and its delta (pure functions of
 the prompt, see model/rope.py); decode token n of a sequence sits at n + delta on all three rows.
 """

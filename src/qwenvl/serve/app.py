@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..pipeline import Pipeline
 from .errors import APIError, bad_request
 from .routes import chat, completions, health, models, web
-from .settings import DEFAULT_MAX_MODEL_LEN, ServerSettings   # noqa: F401  (the public names of the server)
+from .settings import ServerSettings
 from .state import ServerState
 
 log = logging.getLogger("qwenvl.serve")
