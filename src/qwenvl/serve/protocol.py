@@ -62,6 +62,10 @@ class ChatRequest:
     request_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
+    @property
+    def choices(self) -> int:   # as CompletionRequest.choices: the answer's choices in all
+        return self.n
+
 
 def _number(body: dict, name: str, *, integer: bool = False, lo: float | None = None, hi: float | None = None,
             lo_open: bool = False):

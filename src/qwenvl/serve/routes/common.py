@@ -41,7 +41,7 @@ class Accepted:
 
     @property
     def choices(self) -> int:
-        return self.req.choices if hasattr(self.req, "choices") else self.req.n
+        return self.req.choices
 
     def usage(self, usage: Usage) -> Usage:
         """The answer's counts: a completions request counts its prompts itself (one per prompt, not per choice)."""
