@@ -33,8 +33,8 @@ async def chat_completions(request: Request):
 
 
 class ChatStream(Renderer):
-    def __post_init__(self):
-        super().__post_init__()
+    def __init__(self, acc):
+        super().__init__(acc)
         req = self.acc.req
         self.parsers = [tooling.ToolStreamParser() if req.tools is not None else None for _ in range(req.n)]
 

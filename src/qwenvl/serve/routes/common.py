@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
@@ -166,14 +166,12 @@ def sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-@dataclass
 class Renderer:
-    """How one kind of request turns events into SSE chunks (chat.py, completions.py)."""
-    acc: Accepted
-    pending: list = field(default_factory=list)   # per choice: logprobs not yet sent with a chunk
+    """How one kind of request turns its events into SSE chunks (chat.py, completions.py)."""
 
-    def __post_init__(self):
-        self.pending = [[] for _ in range(self.acc.choices)]
+    def __init__(self, acc: Accepted):
+        self.acc = acc
+        self.pending: list[list] = [[] for _ in range(acc.choices)]   # per choice: logprobs not yet sent
 
     def start(self) -> list[str]:
         return []

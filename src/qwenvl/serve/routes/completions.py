@@ -37,8 +37,8 @@ async def text_completions(request: Request):
 
 
 class CompletionStream(Renderer):
-    def __post_init__(self):
-        super().__post_init__()
+    def __init__(self, acc):
+        super().__init__(acc)
         self.offsets = [0] * self.acc.choices   # text offset of each choice's next chunk (legacy logprobs)
 
     def start(self) -> list[str]:
