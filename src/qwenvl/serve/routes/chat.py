@@ -4,25 +4,17 @@ Tool calls are parsed out of the text (serve/tools.py), streamed as OpenAI's too
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
 
 from ...engine.driver import Usage
 from .. import protocol, tools as tooling
 from ..prepare import prepare
 from ..scheduler import ChoiceDelta, ChoiceEnd
-from .common import Renderer, accept, collect, event_stream, sse
+from .common import Accepted, Collected, Renderer, answer, sse
 
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request):
-    acc = await accept(request, protocol.parse_chat_request, prepare)
-    if acc.req.stream:
-        return event_stream(acc, ChatStream(acc))
-    out = await collect(request, acc)
-    if isinstance(out, Response):
-        return out
+def respond(acc: Accepted, out: Collected) -> dict:
     req, token_text = acc.req, acc.state.token_text
     choices = [{"index": i, "text": out.texts[i], "finish_reason": out.reasons[i]} for i in range(req.n)]
     if req.logprobs is not None:
@@ -77,3 +69,8 @@ class ChatStream(Renderer):
     def usage(self, usage: Usage) -> str:
         return sse(protocol.chunk(self.acc.req, self.acc.name, [],
                                   protocol.usage(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)))
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request):
+    return await answer(request, protocol.parse_chat_request, prepare, ChatStream, respond)

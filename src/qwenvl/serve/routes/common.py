@@ -186,6 +186,16 @@ class Renderer:
         raise NotImplementedError
 
 
+async def answer(request: Request, parse, prepare, renderer: type[Renderer], respond) -> Response:
+    """A generation route: accept the request, then stream it through `renderer`, or wait for its end and
+    answer `respond(acc, collected)` in one JSON body."""
+    acc = await accept(request, parse, prepare)
+    if acc.req.stream:
+        return event_stream(acc, renderer(acc))
+    out = await collect(request, acc)
+    return out if isinstance(out, Response) else respond(acc, out)
+
+
 def event_stream(acc: Accepted, render: Renderer) -> StreamingResponse:
     """The answer as server-sent events; counted in the metrics once it ends: 200, 499 (client gone) or the
     error's status. An error after the first chunk goes out as an error chunk."""

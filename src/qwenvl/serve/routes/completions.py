@@ -5,25 +5,17 @@ answer's."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
 
 from ...engine.driver import Usage
 from .. import completions, protocol
 from ..prepare import prepare_completion
 from ..scheduler import ChoiceDelta, ChoiceEnd
-from .common import Renderer, accept, collect, event_stream, sse
+from .common import Accepted, Collected, Renderer, answer, sse
 
 router = APIRouter()
 
 
-@router.post("/v1/completions")
-async def text_completions(request: Request):
-    acc = await accept(request, completions.parse_completion_request, prepare_completion)
-    if acc.req.stream:
-        return event_stream(acc, CompletionStream(acc))
-    out = await collect(request, acc)
-    if isinstance(out, Response):
-        return out
+def respond(acc: Accepted, out: Collected) -> dict:
     req, info, token_text = acc.req, acc.info, acc.state.token_text
     choices = [{"index": i, "text": out.texts[i], "finish_reason": out.reasons[i]} for i in range(req.choices)]
     for i, c in enumerate(choices):
@@ -74,3 +66,8 @@ class CompletionStream(Renderer):
     def usage(self, usage: Usage) -> str:
         return sse(completions.chunk(self.acc.req, self.acc.name, [],
                                      protocol.usage(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)))
+
+
+@router.post("/v1/completions")
+async def text_completions(request: Request):
+    return await answer(request, completions.parse_completion_request, prepare_completion, CompletionStream, respond)
