@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..model.rope import mrope_positions
-from .pack import IGNORE, Sample, collate, plan_rows, shift_labels
+from .pack import IGNORE, TrainSample, collate, plan_rows, shift_labels
 from .validate import BadRecord, check_record, decode_line
 
 
@@ -216,8 +216,8 @@ def supervised_mask(ids: list[int], tokenizer, im_start: int, im_end: int) -> li
     return mask
 
 
-def encode(processor, messages: list[dict], config, where: str = "") -> Sample:
-    """A conversation -> Sample, through the inference processor (chat template, media, pad expansion)."""
+def encode(processor, messages: list[dict], config, where: str = "") -> TrainSample:
+    """A conversation -> TrainSample, through the inference processor (chat template, media, pad expansion)."""
     try:
         b = processor(messages, add_generation_prompt=False)
     except Exception as e:  # undecodable or missing media, bad sizes: the record is bad, not the run
@@ -229,7 +229,7 @@ def encode(processor, messages: list[dict], config, where: str = "") -> Sample:
     labels = torch.where(keep, ids, torch.full_like(ids, IGNORE))
     spg = b.get("second_per_grid_ts")
     positions, _ = mrope_positions(ids[None], config, None, b.get("image_grid_thw"), b.get("video_grid_thw"), spg)
-    return Sample(ids, shift_labels(labels), positions[:, 0], b.get("pixel_values"), b.get("image_grid_thw"),
+    return TrainSample(ids, shift_labels(labels), positions[:, 0], b.get("pixel_values"), b.get("image_grid_thw"),
                   b.get("pixel_values_videos"), b.get("video_grid_thw"), spg, where,
                   reply_weights(shift_labels(labels)))
 
@@ -310,7 +310,7 @@ class Stream(Packing):
         g = torch.Generator().manual_seed(self.opts.seed * 1000 + self.epoch)
         return torch.randperm(len(self.records), generator=g).tolist()[self.rank::self.world]
 
-    def _encode(self, index: int) -> list[Sample]:
+    def _encode(self, index: int) -> list[TrainSample]:
         rec = self.records[index]
         rng = random.Random(f"{self.opts.seed}/{self.epoch}/{index}")
         convs = [rec.messages] if rec.rejected is None else [rec.messages, rec.rejected]
@@ -348,7 +348,7 @@ class Stream(Packing):
             self.taken = 0
 
     def next(self):
-        """The next micro-batch (a collated Batch)."""
+        """The next micro-batch (a collated TrainBatch)."""
         if self._batches is None:
             self._fill()
         while self.taken >= len(self._batches):

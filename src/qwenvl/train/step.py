@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.text import Packed
-from .pack import IGNORE, Batch
+from .pack import IGNORE, TrainBatch
 
 
 class Policy(nn.Module):
@@ -59,7 +59,7 @@ def segment_lengths(segments: torch.Tensor) -> tuple[int, ...]:
     return tuple(b - a for a, b in zip(idx, idx[1:]))
 
 
-def run(policy: nn.Module, batch: Batch):
+def run(policy: nn.Module, batch: TrainBatch):
     return policy(batch.input_ids, batch.targets, batch.positions, batch.segments, batch.pixel_values,
                   batch.grid_thw, batch.n_image_tokens)
 
