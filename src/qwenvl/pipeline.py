@@ -26,9 +26,7 @@ from .engine.sampling import SamplingParams
 from .errors import ContextLengthError
 from .model import QwenVL
 from .model.weights import load_model
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+from .dtypes import DTYPES
 
 MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 

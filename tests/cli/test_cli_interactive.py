@@ -34,7 +34,7 @@ class ScriptedPipe:
         return ChatResult(text, token_ids=[1, 2], prompt_tokens=3, finish_reason="stop")
 
 
-def session(monkeypatch, capsys, tiny_ckpt, lines, *extra):
+def session(monkeypatch, capsys, own_ckpt, lines, *extra):
     pipe = ScriptedPipe()
     monkeypatch.setattr(qwenvl, "load", lambda *a, **k: pipe)
     feed = iter(lines)
@@ -45,7 +45,7 @@ def session(monkeypatch, capsys, tiny_ckpt, lines, *extra):
             raise item
         return item
     monkeypatch.setattr("builtins.input", fake_input)
-    rc = main(["chat", "--model", str(tiny_ckpt), *extra])
+    rc = main(["chat", "--model", str(own_ckpt), *extra])
     out = capsys.readouterr()
     return rc, pipe, out.out, out.err
 
@@ -54,11 +54,11 @@ def user_texts(messages):
     return [m["content"][-1]["text"] for m in messages if m["role"] == "user"]
 
 
-def test_commands_interrupt_and_history(monkeypatch, capsys, tiny_ckpt, tmp_path):
+def test_commands_interrupt_and_history(monkeypatch, capsys, own_ckpt, tmp_path):
     img = tmp_path / "cat.png"
     Image.new("RGB", (40, 30), "orange").save(img)
     saved = tmp_path / "conv.json"
-    rc, pipe, out, err = session(monkeypatch, capsys, tiny_ckpt, [
+    rc, pipe, out, err = session(monkeypatch, capsys, own_ckpt, [
         "/help",
         "hello",
         "/image " + str(tmp_path / "missing.png"),      # refused: not attached
@@ -89,12 +89,12 @@ def test_commands_interrupt_and_history(monkeypatch, capsys, tiny_ckpt, tmp_path
     assert data["messages"][-1]["content"] == "answer 3"
 
 
-def test_load_continues_a_saved_conversation(monkeypatch, capsys, tiny_ckpt, tmp_path):
+def test_load_continues_a_saved_conversation(monkeypatch, capsys, own_ckpt, tmp_path):
     saved = tmp_path / "conv.json"
     saved.write_text(json.dumps({"messages": [{"role": "user", "content": "earlier question"},
                                               {"role": "assistant", "content": "earlier answer"}]}))
     (tmp_path / "bad.json").write_text('{"messages": [{"role": "wizard"}]}')
-    rc, pipe, out, err = session(monkeypatch, capsys, tiny_ckpt, [
+    rc, pipe, out, err = session(monkeypatch, capsys, own_ckpt, [
         "/load " + str(tmp_path / "bad.json"),
         "/load " + str(saved),
         "go on",
@@ -106,14 +106,14 @@ def test_load_continues_a_saved_conversation(monkeypatch, capsys, tiny_ckpt, tmp
     assert call[0]["content"] == "earlier question" and user_texts(call[2:]) == ["go on"]
 
 
-def test_reset_keeps_the_system_prompt(monkeypatch, capsys, tiny_ckpt):
-    rc, pipe, _, err = session(monkeypatch, capsys, tiny_ckpt, ["one", "/reset", "two"], "--system", "Be brief.")
+def test_reset_keeps_the_system_prompt(monkeypatch, capsys, own_ckpt):
+    rc, pipe, _, err = session(monkeypatch, capsys, own_ckpt, ["one", "/reset", "two"], "--system", "Be brief.")
     assert rc == 0 and "conversation cleared" in err
     assert [m["role"] for m in pipe.calls[1]] == ["system", "user"]
     assert pipe.calls[1][0]["content"] == "Be brief."
 
 
-def test_ctrl_c_in_a_real_generation_keeps_the_session(monkeypatch, capsys, tiny_ckpt):
+def test_ctrl_c_in_a_real_generation_keeps_the_session(monkeypatch, capsys, own_ckpt):
     """The real pipeline, interrupted from its token callback (where a signal lands mid-decode)."""
     from qwenvl.cli import progress
 
@@ -140,7 +140,7 @@ def test_ctrl_c_in_a_real_generation_keeps_the_session(monkeypatch, capsys, tiny
         except StopIteration:
             raise EOFError from None
     monkeypatch.setattr("builtins.input", fake_input)
-    rc = main(["chat", "--model", str(tiny_ckpt), "--dtype", "float32", "--max-new-tokens", "3",
+    rc = main(["chat", "--model", str(own_ckpt), "--dtype", "float32", "--max-new-tokens", "3",
                "--temperature", "0"])
     err = capsys.readouterr().err
     assert rc == 0 and "answer stopped" in err
@@ -148,6 +148,6 @@ def test_ctrl_c_in_a_real_generation_keeps_the_session(monkeypatch, capsys, tiny
 
 
 @pytest.mark.parametrize("cmd", ["/image", "/video", "/save", "/load"])
-def test_commands_need_a_path(monkeypatch, capsys, tiny_ckpt, cmd):
-    rc, pipe, _, err = session(monkeypatch, capsys, tiny_ckpt, [cmd])
+def test_commands_need_a_path(monkeypatch, capsys, own_ckpt, cmd):
+    rc, pipe, _, err = session(monkeypatch, capsys, own_ckpt, [cmd])
     assert rc == 0 and not pipe.calls and f"usage: {cmd} PATH" in err

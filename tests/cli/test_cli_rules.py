@@ -29,7 +29,7 @@ def test_flag_on_each_command():
         parse(chat.register, ["chat", "--qwen-vl-utils-rules", "0.0.12", "hi"])
 
 
-def test_chat_sets_the_rules_on_the_processor(tiny_ckpt, monkeypatch, capsys):
+def test_chat_sets_the_rules_on_the_processor(own_ckpt, monkeypatch, capsys):
     seen = []
     real = qwenvl.load
 
@@ -38,10 +38,10 @@ def test_chat_sets_the_rules_on_the_processor(tiny_ckpt, monkeypatch, capsys):
         seen.append(pipe)
         return pipe
     monkeypatch.setattr(qwenvl, "load", load)
-    assert main(["chat", "--model", str(tiny_ckpt), "--dtype", "float32", "--max-new-tokens", "1",
+    assert main(["chat", "--model", str(own_ckpt), "--dtype", "float32", "--max-new-tokens", "1",
                  "--qwen-vl-utils-rules", "0.0.14", "Hello"]) == 0
     assert seen[0].processor.settings.rules == "0.0.14"
-    assert main(["chat", "--model", str(tiny_ckpt), "--dtype", "float32", "--max-new-tokens", "1", "Hello"]) == 0
+    assert main(["chat", "--model", str(own_ckpt), "--dtype", "float32", "--max-new-tokens", "1", "Hello"]) == 0
     assert seen[1].processor.settings.rules == "0.0.11"
 
 

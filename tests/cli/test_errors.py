@@ -57,10 +57,10 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def broken_ckpt(tiny_ckpt, tmp_path_factory):
+def broken_ckpt(own_ckpt, tmp_path_factory):
     """The tiny checkpoint with its weights cut short (an interrupted download)."""
     d = tmp_path_factory.mktemp("broken") / "ckpt"
-    shutil.copytree(tiny_ckpt, d)
+    shutil.copytree(own_ckpt, d)
     for f in d.glob("*.safetensors"):
         data = f.read_bytes()
         f.write_bytes(data[: len(data) // 2])
@@ -78,17 +78,17 @@ def no_load(monkeypatch):
 # ------------------------------------------------------------------------------------------ broken inputs
 
 @pytest.mark.parametrize("name", ["truncated.jpg", "truncated.png", "notes.png"])
-def test_corrupt_image(files, tiny_ckpt, capsys, no_load, name):
+def test_corrupt_image(files, own_ckpt, capsys, no_load, name):
     path = str(files / name)
-    m = str(tiny_ckpt)
+    m = str(own_ckpt)
     fails(capsys, ["ground", path, "the dog", "--model", m], name, "not a readable image")
     fails(capsys, ["parse-doc", path, "--model", m], name, "not a readable image")
     fails(capsys, ["chat", "--model", m, "--image", path, "what is it?"], "--image", name, "not a readable image")
 
 
-def test_bad_pdf(files, tiny_ckpt, capsys, no_load):
+def test_bad_pdf(files, own_ckpt, capsys, no_load):
     pytest.importorskip("pypdfium2")
-    fails(capsys, ["parse-doc", str(files / "bad.pdf"), "--model", str(tiny_ckpt)], "bad.pdf", "not a readable PDF")
+    fails(capsys, ["parse-doc", str(files / "bad.pdf"), "--model", str(own_ckpt)], "bad.pdf", "not a readable PDF")
 
 
 def test_truncated_safetensors(files, broken_ckpt, capsys, no_load):
@@ -114,8 +114,8 @@ def test_missing_model(files, tmp_path, capsys, no_load):
     fails(capsys, ["chat", "--model", str(files / "good.png"), "hi"], "not a directory")
 
 
-def test_missing_files(files, tiny_ckpt, tmp_path, capsys, no_load):
-    m = str(tiny_ckpt)
+def test_missing_files(files, own_ckpt, tmp_path, capsys, no_load):
+    m = str(own_ckpt)
     fails(capsys, ["ground", str(tmp_path / "nope.png"), "x", "--model", m], "nope.png", "no such file")
     fails(capsys, ["parse-doc", str(tmp_path / "nope.pdf"), "--model", m], "nope.pdf", "no such file")
     fails(capsys, ["chat", "--model", m, "--image", str(tmp_path / "nope.jpg"), "hi"], "nope.jpg", "no such file")
@@ -126,14 +126,14 @@ def test_missing_files(files, tiny_ckpt, tmp_path, capsys, no_load):
           "--save", "does not exist")
 
 
-def test_corrupt_video(files, tiny_ckpt, capsys, no_load):
+def test_corrupt_video(files, own_ckpt, capsys, no_load):
     pytest.importorskip("av")
-    fails(capsys, ["locate", str(files / "bad.mp4"), "x", "--model", str(tiny_ckpt)], "bad.mp4", "not a readable video")
+    fails(capsys, ["locate", str(files / "bad.mp4"), "x", "--model", str(own_ckpt)], "bad.mp4", "not a readable video")
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_without_cuda(files, tiny_ckpt, capsys, no_load):
-    m = str(tiny_ckpt)
+def test_cuda_without_cuda(files, own_ckpt, capsys, no_load):
+    m = str(own_ckpt)
     for argv in (["chat", "--model", m, "--device", "cuda", "hi"],
                  ["ground", str(files / "good.png"), "x", "--model", m, "--device", "cuda:0"],
                  ["serve", "--model", m, "--device", "cuda"],
@@ -144,8 +144,8 @@ def test_cuda_without_cuda(files, tiny_ckpt, capsys, no_load):
 
 # ------------------------------------------------------------------------------------------ eval
 
-def test_eval_wrong_annotation_file(files, tiny_ckpt, tmp_path, capsys, no_load):
-    base = ["eval", "run", "--model", str(tiny_ckpt), "--out", str(tmp_path / "out")]
+def test_eval_wrong_annotation_file(files, own_ckpt, tmp_path, capsys, no_load):
+    base = ["eval", "run", "--model", str(own_ckpt), "--out", str(tmp_path / "out")]
     line = fails(capsys, base + ["--task", "docvqa", "--data", str(files / "wrong.jsonl")],
                  "wrong.jsonl", "'question'", "docvqa")
     assert line.startswith("qwenvl eval run: error:")
@@ -158,16 +158,16 @@ def test_eval_wrong_annotation_file(files, tiny_ckpt, tmp_path, capsys, no_load)
 
 # ------------------------------------------------------------------------------------------ train
 
-def test_train_mistakes(files, tiny_ckpt, tmp_path, capsys):
+def test_train_mistakes(files, own_ckpt, tmp_path, capsys):
     out = str(tmp_path / "run")
     fails(capsys, ["train", "--model", str(tmp_path / "nope"), "--data", str(files / "wrong.jsonl"), "--out", out],
           "nope")
-    fails(capsys, ["train", "--model", str(tiny_ckpt), "--data", str(tmp_path / "nope.jsonl"), "--out", out],
+    fails(capsys, ["train", "--model", str(own_ckpt), "--data", str(tmp_path / "nope.jsonl"), "--out", out],
           "nope.jsonl", "no such file")
     if not __import__("torch").cuda.is_available():
-        fails(capsys, ["train", "--model", str(tiny_ckpt), "--data", str(files / "wrong.jsonl"), "--out", out,
+        fails(capsys, ["train", "--model", str(own_ckpt), "--data", str(files / "wrong.jsonl"), "--out", out,
                        "--device", "cuda"], "--device cuda", "CUDA is not available")
-    fails(capsys, ["train", "--model", str(tiny_ckpt), "--data", str(files / "wrong.jsonl"), "--out", out,
+    fails(capsys, ["train", "--model", str(own_ckpt), "--data", str(files / "wrong.jsonl"), "--out", out,
                    "--max-step", "3"], "unknown option --max-step", "--max-steps", rc=2)
 
 
@@ -204,12 +204,12 @@ def test_base_url():
 
 # ------------------------------------------------------------------------------------------ parsing
 
-def test_typo_is_not_a_prompt(files, tiny_ckpt, capsys, no_load):
+def test_typo_is_not_a_prompt(files, own_ckpt, capsys, no_load):
     photo = str(files / "good.jpg")
     line = fails(capsys, ["chat", "--imge", photo, "hi"], "unknown option --imge", "did you mean --image?", rc=2)
     assert line.startswith("qwenvl chat: error:")
     fails(capsys, ["chat", "--imag", photo, "hi"], "--imag", "--image", rc=2)       # no abbreviations
-    fails(capsys, ["chat", "--model", str(tiny_ckpt), photo], "is a file", f"--image {photo}")
+    fails(capsys, ["chat", "--model", str(own_ckpt), photo], "is a file", f"--image {photo}")
     fails(capsys, ["chat", "what", "is", "this"], "unexpected arguments", "quote", rc=2)
     fails(capsys, ["ground", photo], "required", rc=2)
     fails(capsys, ["eval", "run", "--task", "docvqa", "--dat", "x"], "--dat", rc=2)
@@ -229,18 +229,18 @@ def test_numbers_out_of_range(capsys, argv, flag):
     fails(capsys, argv, flag, rc=2)
 
 
-def test_min_over_max_pixels(files, tiny_ckpt, capsys, no_load):
-    fails(capsys, ["ground", str(files / "good.png"), "x", "--model", str(tiny_ckpt), "--min-pixels", "5000",
+def test_min_over_max_pixels(files, own_ckpt, capsys, no_load):
+    fails(capsys, ["ground", str(files / "good.png"), "x", "--model", str(own_ckpt), "--min-pixels", "5000",
                    "--max-pixels", "1000"], "--min-pixels", "--max-pixels")
 
 
 # ------------------------------------------------------------------------------------------ unknown failures
 
-def test_internal_error_is_one_line_and_debug_shows_it(files, tiny_ckpt, capsys, monkeypatch):
+def test_internal_error_is_one_line_and_debug_shows_it(files, own_ckpt, capsys, monkeypatch):
     def load(*a, **k):
         raise TypeError("boom")
     monkeypatch.setattr(qwenvl, "load", load)
-    argv = ["chat", "--model", str(tiny_ckpt), "hi"]
+    argv = ["chat", "--model", str(own_ckpt), "hi"]
     fails(capsys, argv, "internal error", "TypeError", "boom", "--debug")
     with pytest.raises(TypeError):
         main(argv + ["--debug"])
@@ -248,11 +248,11 @@ def test_internal_error_is_one_line_and_debug_shows_it(files, tiny_ckpt, capsys,
         main(["--debug"] + argv)
 
 
-def test_interrupt(tiny_ckpt, capsys, monkeypatch):
+def test_interrupt(own_ckpt, capsys, monkeypatch):
     def load(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(qwenvl, "load", load)
-    fails(capsys, ["chat", "--model", str(tiny_ckpt), "hi"], "interrupted", rc=130)
+    fails(capsys, ["chat", "--model", str(own_ckpt), "hi"], "interrupted", rc=130)
 
 
 def test_as_a_process(files):

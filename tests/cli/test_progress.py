@@ -22,18 +22,18 @@ def terminal(monkeypatch) -> Terminal:
     return term
 
 
-def test_json_chat_shows_loading_prefill_and_tokens(tiny_ckpt, capsys, monkeypatch):
+def test_json_chat_shows_loading_prefill_and_tokens(own_ckpt, capsys, monkeypatch):
     tty_stderr = terminal(monkeypatch)
-    assert main(["chat", "--model", str(tiny_ckpt), "--json", "--max-new-tokens", "5", "--temperature", "0",
+    assert main(["chat", "--model", str(own_ckpt), "--json", "--max-new-tokens", "5", "--temperature", "0",
                  "hi"]) == 0
     shown = tty_stderr.getvalue()
     assert "loading" in shown and "vision tower, prefill" in shown and "generating" in shown and "tok" in shown
     assert json.loads(capsys.readouterr().out)["token_ids"]     # stdout holds only the JSON
 
 
-def test_quiet_and_not_a_terminal_are_silent(tiny_ckpt, capsys, monkeypatch):
+def test_quiet_and_not_a_terminal_are_silent(own_ckpt, capsys, monkeypatch):
     tty_stderr = terminal(monkeypatch)
-    argv = ["chat", "--model", str(tiny_ckpt), "--json", "--max-new-tokens", "3", "hi"]
+    argv = ["chat", "--model", str(own_ckpt), "--json", "--max-new-tokens", "3", "hi"]
     assert main(argv + ["--quiet"]) == 0
     assert tty_stderr.getvalue() == ""
     monkeypatch.setattr(sys, "stderr", io.StringIO())            # a log file or a pipe
@@ -41,10 +41,10 @@ def test_quiet_and_not_a_terminal_are_silent(tiny_ckpt, capsys, monkeypatch):
     assert sys.stderr.getvalue() == ""
 
 
-def test_on_token_counts_every_token(tiny_ckpt):
+def test_on_token_counts_every_token(own_ckpt):
     import qwenvl
 
-    pipe = qwenvl.load(tiny_ckpt)
+    pipe = qwenvl.load(own_ckpt)
     seen = []
     gen = pipe.stream([{"role": "user", "content": "hi"}], on_token=seen.append, max_new_tokens=6, temperature=0)
     try:

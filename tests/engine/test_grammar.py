@@ -19,9 +19,9 @@ from qwenvl.engine.grammar import GrammarError, Grammars  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_ckpt):
-    model = load_model(tiny_ckpt)
-    tok = Tokenizer.from_pretrained(tiny_ckpt)
+def setup(own_ckpt):
+    model = load_model(own_ckpt)
+    tok = Tokenizer.from_pretrained(own_ckpt)
     eos = (tok.token_to_id("<|im_end|>"),)
     return model, tok, Grammars(tok.backend.to_str(), model.config.text.vocab_size, eos), eos
 

@@ -12,6 +12,7 @@ from qwenvl.engine.engine import Engine, Sequence, generate
 from qwenvl.engine.prefix_cache import LRUBytes, PrefixCache, block_keys, media_items
 from qwenvl.engine.sampling import SamplingParams
 from qwenvl.model.weights import load_model
+from qwenvl.processing import Processor
 
 MEDIA = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 GREEDY = SamplingParams(max_new_tokens=8, temperature=0)
@@ -19,13 +20,13 @@ BLOCK = 8
 
 
 @pytest.fixture(scope="module")
-def ours(tiny_ckpt):
-    return load_model(tiny_ckpt)
+def ours(own_ckpt):
+    return load_model(own_ckpt)
 
 
 @pytest.fixture(scope="module")
-def proc(hf_tiny):
-    return hf_tiny[1]
+def proc(own_ckpt):
+    return Processor.from_pretrained(own_ckpt)
 
 
 def image(w, h, seed=0):
@@ -37,10 +38,9 @@ def seq_for(proc, turns, images=(), params=GREEDY, system=None):
     conv = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
     for i, text in enumerate(turns):
         role = "user" if i % 2 == 0 else "assistant"
-        content = ([{"type": "image"} for _ in images] if i == 0 else []) + [{"type": "text", "text": text}]
+        content = ([{"type": "image", "image": im} for im in images] if i == 0 else []) + [{"type": "text", "text": text}]
         conv.append({"role": role, "content": content})
-    text = proc.apply_chat_template(conv, add_generation_prompt=True)
-    batch = proc(text=[text], images=list(images) or None, return_tensors="pt")
+    batch = proc(conv)
     return Sequence(prompt_ids=batch["input_ids"][0].tolist(), params=params,
                     media={k: batch[k] for k in MEDIA if k in batch})
 
@@ -308,10 +308,10 @@ def test_siblings_take_over_a_prefill_whose_sequence_is_released(ours, proc):
     assert [s.output_ids for s in seqs[1:]] == [uncached(ours, s) for s in seqs[1:]]
 
 
-def test_pipeline_reuses_earlier_turns(tiny_ckpt):
+def test_pipeline_reuses_earlier_turns(own_ckpt):
     import qwenvl
 
-    pipe = qwenvl.load(tiny_ckpt, dtype="float32")
+    pipe = qwenvl.load(own_ckpt, dtype="float32")
     img = image(150, 100, 11)
     turn1 = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "Describe."}]}]
     plain = pipe.chat(turn1, max_new_tokens=6, temperature=0)

@@ -15,8 +15,8 @@ PROMPT = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
 
 
 @pytest.fixture(scope="module")
-def model(tiny_ckpt):
-    return load_model(tiny_ckpt)
+def model(own_ckpt):
+    return load_model(own_ckpt)
 
 
 class Broken:

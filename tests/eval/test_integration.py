@@ -16,7 +16,7 @@ def shapes_image(path, size=(120, 90), box=(20, 10, 70, 60)):
     return path
 
 
-def test_eval_run_then_score_on_tiny_checkpoint(tiny_ckpt, tmp_path, capsys):
+def test_eval_run_then_score_on_tiny_checkpoint(own_ckpt, tmp_path, capsys):
     shapes_image(tmp_path / "a.png")
     shapes_image(tmp_path / "b.png", size=(64, 100), box=(5, 5, 30, 40))
     data = tmp_path / "synthetic_shapes.jsonl"
@@ -26,7 +26,7 @@ def test_eval_run_then_score_on_tiny_checkpoint(tiny_ckpt, tmp_path, capsys):
         + json.dumps({"id": "c0", "image": "b.png", "question": "How many squares?", "kind": "count",
                       "answer": 1}) + "\n")
     out = tmp_path / "out"
-    assert main(["eval", "run", "--task", "synthetic_shapes", "--data", str(data), "--model", str(tiny_ckpt),
+    assert main(["eval", "run", "--task", "synthetic_shapes", "--data", str(data), "--model", str(own_ckpt),
                  "--out", str(out), "--max-new-tokens", "4", "--dtype", "float32", "--no-progress"]) == 0
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [p["id"] for p in preds] == ["g0", "c0"]
@@ -45,9 +45,9 @@ def test_eval_run_then_score_on_tiny_checkpoint(tiny_ckpt, tmp_path, capsys):
     assert rep["num_samples"] == 2 and rep["metrics"] == scores["metrics"] and sum(rep["rules"].values()) == 2
 
 
-def test_ground_cli_on_tiny_checkpoint(tiny_ckpt, tmp_path, capsys):
+def test_ground_cli_on_tiny_checkpoint(own_ckpt, tmp_path, capsys):
     img = shapes_image(tmp_path / "s.png")
-    assert main(["ground", str(img), "the red square", "--model", str(tiny_ckpt), "--dtype", "float32",
+    assert main(["ground", str(img), "the red square", "--model", str(own_ckpt), "--dtype", "float32",
                  "--max-new-tokens", "4"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["image_size"] == [120, 90] and out["query"] == "the red square"

@@ -82,7 +82,7 @@ def task_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("force_simple", [False, True])
-def test_lmms_eval_cli_runs_the_adapter(task_dir, tiny_ckpt, tmp_path, force_simple):
+def test_lmms_eval_cli_runs_the_adapter(task_dir, own_ckpt, tmp_path, force_simple):
     import qwenvl
 
     out = tmp_path / "out"
@@ -90,7 +90,7 @@ def test_lmms_eval_cli_runs_the_adapter(task_dir, tiny_ckpt, tmp_path, force_sim
                                                          os.environ.get("PYTHONPATH", "")]),
            "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf")}
     cmd = [sys.executable, "-m", "lmms_eval", "--model", "qwenvl",
-           "--model_args", f"pretrained={tiny_ckpt},dtype=float32,device=cpu,max_new_tokens=3",
+           "--model_args", f"pretrained={own_ckpt},dtype=float32,device=cpu,max_new_tokens=3",
            "--tasks", "qwenvl_tiny", "--include_path", str(task_dir), "--batch_size", "1",
            "--output_path", str(out), "--log_samples"] + (["--force_simple"] if force_simple else [])
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -99,7 +99,7 @@ def test_lmms_eval_cli_runs_the_adapter(task_dir, tiny_ckpt, tmp_path, force_sim
     samples = [json.loads(line) for f in out.rglob("*samples_qwenvl_tiny.jsonl") for line in f.read_text().splitlines()]
     assert len(samples) == 2, list(out.rglob("*"))
     # the answers are what our pipeline gives for the same conversation (greedy, 3 tokens)
-    pipe = qwenvl.load(tiny_ckpt, dtype="float32")
+    pipe = qwenvl.load(own_ckpt, dtype="float32")
     by_id = {s["doc_id"]: s for s in samples}
     rows = [json.loads(x) for x in (task_dir / "data.jsonl").read_text().splitlines()]
     for i, row in enumerate(rows):

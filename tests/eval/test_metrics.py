@@ -6,7 +6,7 @@ from qwenvl.eval.metrics.choice import extract_choice, extract_choice_mmmu, extr
 from qwenvl.eval.metrics.spatial import iou, parse_detections, point_in_box, xywh_to_xyxy
 from qwenvl.eval.metrics.temporal import parse_span, temporal_iou
 from qwenvl.eval.metrics.text import anls, parse_count, relaxed_correctness, vqa_accuracy, vqa_normalize
-from qwenvl.eval.tasks.mmmu import eval_open, parse_open_response
+from qwenvl.eval.benchmarks.mmmu import eval_open, parse_open_response
 
 
 @pytest.mark.parametrize("pred, answers, expected", [

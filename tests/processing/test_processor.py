@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qwenvl.processing import Batch, MediaInfo, Processor, fetch_image, fetch_video
+from qwenvl.processing import ModelInputs, MediaInfo, Processor, fetch_image, fetch_video
 from qwenvl.processing.chat import media_items, normalize_messages
 from media_util import index_frame, write_video
 
@@ -40,7 +40,7 @@ def reference(hf_proc, conversations, *, add_vision_id=False, padding_side="left
                    **kwargs)
 
 
-def assert_same(ours: Batch, theirs):
+def assert_same(ours: ModelInputs, theirs):
     assert list(ours) == [k for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw",
                                       "pixel_values_videos", "video_grid_thw", "second_per_grid_ts") if k in theirs]
     for k in theirs:

@@ -92,12 +92,12 @@ def test_data_synth_cli(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("task", ["ground", "video_ground"])
-def test_eval_run_on_tiny_model(task, tiny_ckpt, tmp_path):
+def test_eval_run_on_tiny_model(task, own_ckpt, tmp_path):
     data = tmp_path / "data"
     synth.write(task, 2, data, seed=5, size_range=(56, 160))
     out = tmp_path / "out"
     assert main(["eval", "run", "--task", f"synth_{task}", "--data", str(data / "eval.jsonl"), "--model",
-                 str(tiny_ckpt), "--out", str(out), "--max-new-tokens", "4", "--dtype", "float32",
+                 str(own_ckpt), "--out", str(out), "--max-new-tokens", "4", "--dtype", "float32",
                  "--no-progress"]) == 0
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     rows = [json.loads(line) for line in (data / "eval.jsonl").read_text().splitlines()]
@@ -113,13 +113,13 @@ def test_eval_run_on_tiny_model(task, tiny_ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("task", synth.TASKS)
-def test_sample_messages_go_through_the_processor(task, tiny_ckpt):
+def test_sample_messages_go_through_the_processor(task, own_ckpt):
     """What the trainer feeds the processor on the fly: PIL media with their budget, multi-turn text."""
     import random
 
     from qwenvl.processing.processor import Processor
 
-    proc = Processor.from_pretrained(tiny_ckpt)
+    proc = Processor.from_pretrained(own_ckpt)
     ex = synth.sample(task, random.Random(1), turns=2)
     batch = proc(ex.messages, add_generation_prompt=False)
     (info,) = batch.media[0]

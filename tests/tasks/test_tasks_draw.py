@@ -45,3 +45,18 @@ def test_actions_drawn():
     img = draw_actions(Image.new("RGB", (100, 100), BG),
                        [Action("mobile_use", {"action": "swipe", "coordinate": [20, 20], "coordinate2": [80, 80]})])
     assert img.getpixel((20, 20)) != BG and img.getpixel((80, 80)) != BG and img.getpixel((50, 80)) == BG
+
+
+def test_transparent_pixels_drawn_as_the_model_saw_them(tmp_path):
+    """An RGBA image is composited onto white for the model (processing.image.to_rgb); the picture under
+    the boxes must be that same image, not the black a plain convert("RGB") leaves."""
+    from qwenvl.cli.tools import render_pages
+
+    img = Image.new("RGBA", (200, 100), (10, 20, 30, 0))                  # fully transparent
+    img.putpixel((150, 60), (200, 0, 0, 255))                             # one opaque pixel
+    drawn = draw_detections(img, [Detection("cat", bbox=(20.0, 20.0, 60.0, 60.0))])
+    assert drawn.mode == "RGB"
+    assert drawn.getpixel((100, 80)) == BG and drawn.getpixel((150, 60)) == (200, 0, 0)
+    img.save(tmp_path / "page.png")
+    (page,) = render_pages(tmp_path / "page.png")                         # parse-doc's pages: same rule
+    assert page.getpixel((100, 80)) == BG and page.getpixel((150, 60)) == (200, 0, 0)

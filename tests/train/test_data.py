@@ -15,13 +15,13 @@ from train_util import write_images, write_jsonl
 
 
 @pytest.fixture(scope="module")
-def proc(tiny_ckpt):
-    return Processor.from_pretrained(tiny_ckpt)
+def proc(own_ckpt):
+    return Processor.from_pretrained(own_ckpt)
 
 
 @pytest.fixture(scope="module")
-def config(tiny_ckpt):
-    return load_model(tiny_ckpt).config
+def config(own_ckpt):
+    return load_model(own_ckpt).config
 
 
 def supervised_text(sample, tok) -> str:

@@ -18,8 +18,8 @@ def losses(out):
     return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
 
 
-def test_two_processes_match_one(tiny_ckpt, sft_data, tmp_path):
-    common = ["train", "--model", str(tiny_ckpt), "--data", str(sft_data), "--max-steps", "3", "--lr", "3e-3",
+def test_two_processes_match_one(own_ckpt, sft_data, tmp_path):
+    common = ["train", "--model", str(own_ckpt), "--data", str(sft_data), "--max-steps", "3", "--lr", "3e-3",
               "--stage", "multimodal", "--batch-size", "1", "--no-progress", "--fixed-fps"]
     from qwenvl.cli.main import main
     assert main(common + ["--out", str(tmp_path / "one"), "--grad-accum", "2"]) == 0

@@ -14,8 +14,8 @@ from qwenvl.train.pack import IGNORE, collate
 from qwenvl.train.sources import Curriculum, SynthStream, make_stream, parse_mix
 
 
-def cfg(tiny_ckpt, data, out, **kw) -> TrainConfig:
-    base = dict(model=str(tiny_ckpt), data=str(data), out=str(out), max_steps=2, lr=3e-3, batch_size=2,
+def cfg(own_ckpt, data, out, **kw) -> TrainConfig:
+    base = dict(model=str(own_ckpt), data=str(data), out=str(out), max_steps=2, lr=3e-3, batch_size=2,
                 progress=False, export=False, fps_range=None)
     return TrainConfig(**{**base, **kw})
 
@@ -27,12 +27,12 @@ def test_reply_weights_make_every_reply_count_once():
     assert reply_weights(torch.full((4,), IGNORE)).sum() == 0
 
 
-def test_reply_weighting_counts_replies_in_the_batch(tiny_ckpt, sft_data):
+def test_reply_weighting_counts_replies_in_the_batch(own_ckpt, sft_data):
     from qwenvl.model.weights import load_model
     from qwenvl.processing import Processor
 
-    model = load_model(tiny_ckpt)
-    proc = Processor.from_pretrained(tiny_ckpt)
+    model = load_model(own_ckpt)
+    proc = Processor.from_pretrained(own_ckpt)
     samples = [encode(proc, r.messages, model.config, r.where) for r in read_records(sft_data)[:4]]
     b = collate([[s] for s in samples], 0)
     assert b.n_replies == 4  # one assistant turn each
@@ -41,12 +41,12 @@ def test_reply_weighting_counts_replies_in_the_batch(tiny_ckpt, sft_data):
     assert torch.all(b.weights[b.targets == IGNORE] == 0)
 
 
-def test_reply_weighted_training_runs_and_logs(tiny_ckpt, sft_data, tmp_path):
-    s = train(cfg(tiny_ckpt, sft_data, tmp_path, loss_weighting="reply", max_steps=6, lr=1e-2, min_lr_ratio=1.0,
+def test_reply_weighted_training_runs_and_logs(own_ckpt, sft_data, tmp_path):
+    s = train(cfg(own_ckpt, sft_data, tmp_path, loss_weighting="reply", max_steps=6, lr=1e-2, min_lr_ratio=1.0,
                   batch_size=8, pack=True))
     assert s["losses"][-1] < s["losses"][0]
     with pytest.raises(ValueError, match="loss-weighting"):
-        Trainer(cfg(tiny_ckpt, sft_data, tmp_path, loss_weighting="sample"))
+        Trainer(cfg(own_ckpt, sft_data, tmp_path, loss_weighting="sample"))
 
 
 def test_parse_mix_names_the_bad_part():
@@ -57,42 +57,42 @@ def test_parse_mix_names_the_bad_part():
             parse_mix(bad)
 
 
-def _stream(tiny_ckpt, seed=0, chunk=6):
+def _stream(own_ckpt, seed=0, chunk=6):
     from qwenvl.model.weights import load_model
     from qwenvl.processing import Processor
 
-    proc = Processor.from_pretrained(tiny_ckpt)
-    config = load_model(tiny_ckpt).config
+    proc = Processor.from_pretrained(own_ckpt)
+    config = load_model(own_ckpt).config
     opts = DataOptions(max_len=2048, pack=True, batch_size=2, chunk=chunk, seed=seed)
     return SynthStream(parse_mix("synth:ground,count,point"), proc, config, opts,
                        sample_kw={"size_range": (56, 168)})
 
 
-def test_synth_stream_is_deterministic_and_resumes_exactly(tiny_ckpt):
-    a, b = _stream(tiny_ckpt), _stream(tiny_ckpt)
+def test_synth_stream_is_deterministic_and_resumes_exactly(own_ckpt):
+    a, b = _stream(own_ckpt), _stream(own_ckpt)
     first = [a.next() for _ in range(5)]
     again = [b.next() for _ in range(5)]
     for x, y in zip(first, again):
         assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.pixel_values, y.pixel_values)
     state = a.state()
     want = [a.next() for _ in range(3)]
-    c = _stream(tiny_ckpt)
+    c = _stream(own_ckpt)
     c.load_state(state)
     for x, y in zip(want, [c.next() for _ in range(3)]):
         assert torch.equal(x.input_ids, y.input_ids)
-    other = _stream(tiny_ckpt, seed=1).next()
+    other = _stream(own_ckpt, seed=1).next()
     assert not torch.equal(other.input_ids[:, :64], first[0].input_ids[:, :64])
 
 
-def test_synth_answers_are_in_the_processors_input_pixels(tiny_ckpt):
+def test_synth_answers_are_in_the_processors_input_pixels(own_ckpt):
     """The boxes a synthetic example teaches must be in the pixels of the image the model sees."""
-    s = _stream(tiny_ckpt)
+    s = _stream(own_ckpt)
     for where, ex in s.examples(0, 8):
         batch = s.processor(ex.messages, add_generation_prompt=False)
         assert tuple(batch.media[0][0].input_size) == tuple(ex.input_size), where
 
 
-def test_curriculum_switches_stage_by_steps_and_resumes(tiny_ckpt, sft_data):
+def test_curriculum_switches_stage_by_steps_and_resumes(own_ckpt, sft_data):
     class Fake:
         def __init__(self, name):
             self.name, self.n = name, 0
@@ -115,9 +115,9 @@ def test_curriculum_switches_stage_by_steps_and_resumes(tiny_ckpt, sft_data):
     assert again.next() == ("b", 4)
 
 
-def test_synthetic_curriculum_with_generation_metrics(tiny_ckpt, tmp_path):
+def test_synthetic_curriculum_with_generation_metrics(own_ckpt, tmp_path):
     curriculum = [{"steps": 1, "data": "synth:count"}, {"steps": 1, "data": "synth:ground,count"}]
-    s = train(cfg(tiny_ckpt, "", tmp_path, curriculum=curriculum, pack=True, max_len=2048, chunk=4,
+    s = train(cfg(own_ckpt, "", tmp_path, curriculum=curriculum, pack=True, max_len=2048, chunk=4,
                   eval_data="synth:ground,count", eval_every=2, eval_generate=2, eval_max_new_tokens=8,
                   synth={"size_range": (56, 112)}, loss_weighting="reply"))
     assert s["steps"] == 2
@@ -126,16 +126,16 @@ def test_synthetic_curriculum_with_generation_metrics(tiny_ckpt, tmp_path):
     assert all(0.0 <= rows[1][k] <= 1.0 for k in ("gen_ground_acc@0.5", "gen_count_exact"))
 
 
-def test_make_stream_refuses_synth_for_dpo(tiny_ckpt):
+def test_make_stream_refuses_synth_for_dpo(own_ckpt):
     with pytest.raises(ValueError, match="preference"):
         make_stream("synth:ground", None, None, DataOptions(), 0, 1, 0, True)
 
 
-def test_recipe_file_and_max_minutes(tiny_ckpt, sft_data, tmp_path):
+def test_recipe_file_and_max_minutes(own_ckpt, sft_data, tmp_path):
     from qwenvl.cli.main import main
 
     recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({"model": str(tiny_ckpt), "data": str(sft_data), "max_steps": 50, "lr": 1e-3,
+    recipe.write_text(json.dumps({"model": str(own_ckpt), "data": str(sft_data), "max_steps": 50, "lr": 1e-3,
                                   "save_every": 1, "batch_size": 2}))
     out = tmp_path / "run"
     # --max-minutes 0.0001 stops after the first step; the command line's --out wins over the recipe.
@@ -150,9 +150,9 @@ def test_recipe_file_and_max_minutes(tiny_ckpt, sft_data, tmp_path):
     assert main(["train", "--recipe", str(bad), "--out", str(out)]) == 1
 
 
-def test_a_synthetic_chunk_lowers_the_loss(tiny_ckpt, tmp_path):
+def test_a_synthetic_chunk_lowers_the_loss(own_ckpt, tmp_path):
     """A few steps of the default model's recipe shape (synthetic stream, packing, reply weighting) learn."""
-    s = train(cfg(tiny_ckpt, "synth:count=2,ground", tmp_path, max_steps=10, lr=1e-2, min_lr_ratio=1.0, pack=True,
+    s = train(cfg(own_ckpt, "synth:count=2,ground", tmp_path, max_steps=10, lr=1e-2, min_lr_ratio=1.0, pack=True,
                   max_len=2048, chunk=8, batch_size=2, loss_weighting="reply", synth={"size_range": (56, 112)}))
     first, last = sum(s["losses"][:2]) / 2, sum(s["losses"][-2:]) / 2
     assert last < 0.7 * first, s["losses"]

@@ -20,18 +20,18 @@ from train_util import write_images
 KW = dict(batch_size=2, chunk=4, save_every=2, keep=3, progress=False, export=False, fps_range=None, lr=3e-3)
 
 
-def cfg(tiny_ckpt, data, out, **kw) -> TrainConfig:
-    return TrainConfig(model=str(tiny_ckpt), data=str(data), out=str(out), **{**KW, **kw})
+def cfg(own_ckpt, data, out, **kw) -> TrainConfig:
+    return TrainConfig(model=str(own_ckpt), data=str(data), out=str(out), **{**KW, **kw})
 
 
 @pytest.fixture(scope="module")
-def full(tiny_ckpt, sft_data, tmp_path_factory):
+def full(own_ckpt, sft_data, tmp_path_factory):
     """The uninterrupted run's losses over 6 steps."""
-    return train(cfg(tiny_ckpt, sft_data, tmp_path_factory.mktemp("full"), max_steps=6))["losses"]
+    return train(cfg(own_ckpt, sft_data, tmp_path_factory.mktemp("full"), max_steps=6))["losses"]
 
 
 @pytest.fixture
-def done4(tiny_ckpt, sft_data, tmp_path, monkeypatch):
+def done4(own_ckpt, sft_data, tmp_path, monkeypatch):
     """A 6-step run killed during step 5: checkpoints step-2 and step-4, latest -> step-4."""
     import qwenvl.train.loop as loop
     real, calls = loop.Trainer.counts, {"n": 0}
@@ -46,7 +46,7 @@ def done4(tiny_ckpt, sft_data, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(loop.Trainer, "counts", dies_in_step_5)
         with pytest.raises(KeyboardInterrupt):
-            train(cfg(tiny_ckpt, sft_data, out, max_steps=6))
+            train(cfg(own_ckpt, sft_data, out, max_steps=6))
     assert (out / "checkpoints" / "latest").read_text() == "step-000004"
     assert logged_steps(out) == [1, 2, 3, 4]
     return out
@@ -56,26 +56,26 @@ def logged_steps(out):
     return [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
 
 
-def resume(tiny_ckpt, sft_data, out, steps=6, **kw):
-    return train(cfg(tiny_ckpt, sft_data, out, max_steps=steps, resume=True, **kw))["losses"]
+def resume(own_ckpt, sft_data, out, steps=6, **kw):
+    return train(cfg(own_ckpt, sft_data, out, max_steps=steps, resume=True, **kw))["losses"]
 
 
-def test_latest_naming_a_missing_folder_falls_back_to_the_newest_intact(tiny_ckpt, sft_data, done4, full, capfd):
+def test_latest_naming_a_missing_folder_falls_back_to_the_newest_intact(own_ckpt, sft_data, done4, full, capfd):
     shutil.rmtree(done4 / "checkpoints" / "step-000004")
-    losses = resume(tiny_ckpt, sft_data, done4)
+    losses = resume(own_ckpt, sft_data, done4)
     assert losses == pytest.approx(full[2:], rel=1e-6)  # from step 2, not 0
     err = capfd.readouterr().err
     assert "latest names step-000004, which is missing" in err
     assert logged_steps(done4) == [1, 2, 3, 4, 5, 6]  # trimmed back to step 2, then 3..6 once each
 
 
-def test_no_intact_checkpoint_refuses_and_changes_nothing(tiny_ckpt, sft_data, done4):
+def test_no_intact_checkpoint_refuses_and_changes_nothing(own_ckpt, sft_data, done4):
     root = done4 / "checkpoints"
     for p in root.glob("step-*"):
         shutil.rmtree(p)
     before = (done4 / "metrics.jsonl").read_bytes()
     with pytest.raises(CheckpointError, match="no intact checkpoint.*latest names step-000004, which is missing"):
-        resume(tiny_ckpt, sft_data, done4)
+        resume(own_ckpt, sft_data, done4)
     assert (done4 / "metrics.jsonl").read_bytes() == before
     assert (root / "latest").read_text() == "step-000004"
 
@@ -84,17 +84,17 @@ def _shard(path):
     return max((p for p in path.iterdir() if p.suffix == ".distcp"), key=lambda p: p.stat().st_size)
 
 
-def test_a_truncated_shard_is_named_and_the_previous_checkpoint_is_used(tiny_ckpt, sft_data, done4, full, capfd):
+def test_a_truncated_shard_is_named_and_the_previous_checkpoint_is_used(own_ckpt, sft_data, done4, full, capfd):
     shard = _shard(done4 / "checkpoints" / "step-000004")
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
-    assert resume(tiny_ckpt, sft_data, done4) == pytest.approx(full[2:], rel=1e-6)
+    assert resume(own_ckpt, sft_data, done4) == pytest.approx(full[2:], rel=1e-6)
     err = capfd.readouterr().err
     assert f"step-000004: {shard.name} is" in err and "truncated" in err
     assert logged_steps(done4) == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.parametrize("victim", ["shard", "trainer.pt", "rank-0.pt", ".metadata"])
-def test_damage_in_a_checkpoint_without_manifest_falls_back_on_the_load_error(tiny_ckpt, sft_data, done4, full,
+def test_damage_in_a_checkpoint_without_manifest_falls_back_on_the_load_error(own_ckpt, sft_data, done4, full,
                                                                                 victim, capfd):
     """Checkpoints written before manifests: the damage shows when loading, and still falls back."""
     step4 = done4 / "checkpoints" / "step-000004"
@@ -102,11 +102,11 @@ def test_damage_in_a_checkpoint_without_manifest_falls_back_on_the_load_error(ti
         p.unlink()
     f = _shard(step4) if victim == "shard" else step4 / victim
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    assert resume(tiny_ckpt, sft_data, done4) == pytest.approx(full[2:], rel=1e-6)
+    assert resume(own_ckpt, sft_data, done4) == pytest.approx(full[2:], rel=1e-6)
     assert "step-000004: cannot be loaded" in capfd.readouterr().err
 
 
-def test_a_failed_save_prunes_nothing_and_moves_nothing(tiny_ckpt, sft_data, done4, monkeypatch, full):
+def test_a_failed_save_prunes_nothing_and_moves_nothing(own_ckpt, sft_data, done4, monkeypatch, full):
     real = ckpt.torch.save
 
     def dies_writing_the_step_6_trainer_state(obj, f, *a, **k):
@@ -116,12 +116,12 @@ def test_a_failed_save_prunes_nothing_and_moves_nothing(tiny_ckpt, sft_data, don
 
     monkeypatch.setattr(ckpt.torch, "save", dies_writing_the_step_6_trainer_state)
     with pytest.raises(OSError, match="disk full"):
-        train(cfg(tiny_ckpt, sft_data, done4, max_steps=6, keep=1, resume=True))
+        train(cfg(own_ckpt, sft_data, done4, max_steps=6, keep=1, resume=True))
     root = done4 / "checkpoints"
     assert sorted(p.name for p in root.glob("step-*")) == ["step-000002", "step-000004"]  # keep=1 pruned nothing
     assert (root / "latest").read_text() == "step-000004"
     monkeypatch.setattr(ckpt.torch, "save", real)
-    assert resume(tiny_ckpt, sft_data, done4)[:2] == pytest.approx(full[4:6], rel=1e-6)  # the .tmp-* is ignored
+    assert resume(own_ckpt, sft_data, done4)[:2] == pytest.approx(full[4:6], rel=1e-6)  # the .tmp-* is ignored
 
 
 def test_pruning_keeps_the_newest_and_never_a_later_step(tmp_path):
@@ -132,20 +132,20 @@ def test_pruning_keeps_the_newest_and_never_a_later_step(tmp_path):
     assert sorted(p.name for p in root.glob("step-*")) == ["step-000004", "step-000006", "step-000010"]
 
 
-def test_a_fresh_run_refuses_a_folder_with_checkpoints(tiny_ckpt, sft_data, done4):
+def test_a_fresh_run_refuses_a_folder_with_checkpoints(own_ckpt, sft_data, done4):
     before = sorted(p.name for p in (done4 / "checkpoints").iterdir())
     with pytest.raises(CheckpointError, match="already holds checkpoints.*--resume"):
-        train(cfg(tiny_ckpt, sft_data, done4, max_steps=2))
+        train(cfg(own_ckpt, sft_data, done4, max_steps=2))
     assert sorted(p.name for p in (done4 / "checkpoints").iterdir()) == before
 
 
-def test_resume_without_any_checkpoint_but_a_previous_run_refuses(tiny_ckpt, sft_data, tmp_path, capfd):
+def test_resume_without_any_checkpoint_but_a_previous_run_refuses(own_ckpt, sft_data, tmp_path, capfd):
     out = tmp_path / "nosave"
-    train(cfg(tiny_ckpt, sft_data, out, max_steps=2, save_every=0))
+    train(cfg(own_ckpt, sft_data, out, max_steps=2, save_every=0))
     with pytest.raises(CheckpointError, match="holds no checkpoint.*metrics.jsonl logs 2 steps"):
-        resume(tiny_ckpt, sft_data, out, save_every=0)
+        resume(own_ckpt, sft_data, out, save_every=0)
     # a first run with --resume simply starts, and says so
-    resume(tiny_ckpt, sft_data, tmp_path / "new", steps=1)
+    resume(own_ckpt, sft_data, tmp_path / "new", steps=1)
     assert "nothing saved" in capfd.readouterr().err
 
 
@@ -159,7 +159,7 @@ def test_metrics_are_trimmed_to_the_resumed_step(tmp_path):
     assert m.read_text() == ""
 
 
-def test_export_replaces_final_only_once_complete(tiny_ckpt, tmp_path, monkeypatch):
+def test_export_replaces_final_only_once_complete(own_ckpt, tmp_path, monkeypatch):
     from qwenvl.model.weights import load_model
     final = tmp_path / "final"
     final.mkdir()
@@ -170,7 +170,7 @@ def test_export_replaces_final_only_once_complete(tiny_ckpt, tmp_path, monkeypat
         raise OSError("disk full")
     monkeypatch.setattr(ckpt, "save_model", fails)
     with pytest.raises(OSError):
-        ckpt.export(load_model(tiny_ckpt), tiny_ckpt, final)
+        ckpt.export(load_model(own_ckpt), own_ckpt, final)
     assert (final / "config.json").read_text() == "{}" and not (final / "model.safetensors").exists()
 
 
@@ -289,19 +289,19 @@ def test_fuzzed_lines_are_records_or_file_line_reports(tmp_path, capsys):
     assert len(reported) > 100 and len(kept) > 1
 
 
-def test_a_run_skips_or_stops_on_bad_records(tiny_ckpt, tmp_path, capfd):
+def test_a_run_skips_or_stops_on_bad_records(own_ckpt, tmp_path, capfd):
     lines = [json.dumps(OK).encode(), json.dumps(BAD["a message that is a string"]).encode(), b"\xff\xfe",
              json.dumps(BAD["null content"]).encode(), json.dumps(OK).encode()]
     data = _write(tmp_path / "d.jsonl", lines)
-    s = train(cfg(tiny_ckpt, data, tmp_path / "skip", max_steps=1, save_every=0))
+    s = train(cfg(own_ckpt, data, tmp_path / "skip", max_steps=1, save_every=0))
     assert s["steps"] == 1
     err = capfd.readouterr().err
     assert all(f"d.jsonl:{i}:" in err for i in (2, 3, 4))
     with pytest.raises(BadRecord, match=r"d\.jsonl:2: messages\[0\] must be a message object"):
-        train(cfg(tiny_ckpt, data, tmp_path / "fail", max_steps=1, save_every=0, on_bad_record="fail"))
+        train(cfg(own_ckpt, data, tmp_path / "fail", max_steps=1, save_every=0, on_bad_record="fail"))
 
 
-def test_two_processes_fall_back_together_and_one_process_is_refused(tiny_ckpt, sft_data, tmp_path):
+def test_two_processes_fall_back_together_and_one_process_is_refused(own_ckpt, sft_data, tmp_path):
     import os
     import subprocess
     import sys
@@ -309,7 +309,7 @@ def test_two_processes_fall_back_together_and_one_process_is_refused(tiny_ckpt, 
     from test_distributed import free_port
 
     out = tmp_path / "two"
-    common = ["-m", "qwenvl.cli.main", "train", "--model", str(tiny_ckpt), "--data", str(sft_data), "--max-steps", "4",
+    common = ["-m", "qwenvl.cli.main", "train", "--model", str(own_ckpt), "--data", str(sft_data), "--max-steps", "4",
               "--lr", "3e-3", "--batch-size", "1", "--no-progress", "--fixed-fps", "--save-every", "2", "--keep", "3",
               "--no-export", "--out", str(out)]
 
@@ -332,33 +332,33 @@ def test_two_processes_fall_back_together_and_one_process_is_refused(tiny_ckpt, 
 
     from qwenvl.cli.main import main
     with pytest.raises(CheckpointError, match="written by 2 processes, this run has 1"):
-        train(cfg(tiny_ckpt, sft_data, out, max_steps=6, resume=True))
+        train(cfg(own_ckpt, sft_data, out, max_steps=6, resume=True))
     assert main(common[2:] + ["--resume", "--max-steps", "6"]) == 1  # the CLI says it in one line
 
 
 @pytest.mark.parametrize("standin", [".old-", ".tmp-"])
-def test_a_save_killed_between_its_renames_loses_nothing(tiny_ckpt, sft_data, done4, full, standin, capfd):
+def test_a_save_killed_between_its_renames_loses_nothing(own_ckpt, sft_data, done4, full, standin, capfd):
     """Killed after step-4 was moved aside (.old-) or before the new copy was renamed in (.tmp-, complete
     with its manifest): step 4 is still found, restored in place, and resumed from."""
     root = done4 / "checkpoints"
     (root / "step-000004").rename(root / f"{standin}step-000004")
-    assert resume(tiny_ckpt, sft_data, done4) == pytest.approx(full[4:], rel=1e-6)
+    assert resume(own_ckpt, sft_data, done4) == pytest.approx(full[4:], rel=1e-6)
     assert f"{standin}step-000004 restored as step-000004" in capfd.readouterr().err
     assert not (root / f"{standin}step-000004").exists()
 
 
-def test_an_unfinished_tmp_folder_is_never_resumed_from(tiny_ckpt, sft_data, done4, full):
+def test_an_unfinished_tmp_folder_is_never_resumed_from(own_ckpt, sft_data, done4, full):
     root = done4 / "checkpoints"
     shutil.copytree(root / "step-000004", root / ".tmp-step-000006")
     (root / ".tmp-step-000006" / "manifest.json").unlink()  # killed before the manifest: incomplete
-    assert resume(tiny_ckpt, sft_data, done4) == pytest.approx(full[4:], rel=1e-6)
+    assert resume(own_ckpt, sft_data, done4) == pytest.approx(full[4:], rel=1e-6)
 
 
-def test_the_cli_refuses_in_one_line(tiny_ckpt, sft_data, done4, capsys):
+def test_the_cli_refuses_in_one_line(own_ckpt, sft_data, done4, capsys):
     from qwenvl.cli.main import main
     for p in (done4 / "checkpoints").glob("step-*"):
         shutil.rmtree(p)
-    rc = main(["train", "--model", str(tiny_ckpt), "--data", str(sft_data), "--out", str(done4), "--max-steps", "6",
+    rc = main(["train", "--model", str(own_ckpt), "--data", str(sft_data), "--out", str(done4), "--max-steps", "6",
                "--save-every", "2", "--no-progress", "--no-export", "--resume"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith("qwenvl train: error: --resume: no intact checkpoint")

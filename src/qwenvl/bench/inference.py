@@ -36,9 +36,7 @@ from ..model.layers import compute_dtype
 from ..processing.image import smart_resize
 from . import ceilings
 from .ceilings import sync
-
-DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
-          "float16": torch.float16, "fp16": torch.float16}
+from ..dtypes import DTYPES
 
 
 # ------------------------------------------------------------------------------------------ helpers

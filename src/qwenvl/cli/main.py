@@ -14,7 +14,7 @@ from .errors import Parser, explain_extras, report
 
 # Modules under qwenvl.cli, each adding one or more subcommands. Imported lazily by name so that a
 # subcommand's heavy dependencies (uvicorn, pycocotools, ...) load only when it runs.
-COMMAND_MODULES = ("chat", "serve", "tasks", "eval", "train", "bench", "data")
+COMMAND_MODULES = ("chat", "serve", "tools", "eval", "train", "bench", "data")
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
 

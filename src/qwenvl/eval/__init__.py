@@ -7,9 +7,9 @@ extraction rule produced each score. See docs/eval.md.
 """
 
 from .data import MediaContext, load_table, read_jsonl
-from .registry import TASKS, Sample, Task, get_task, register, task_names
+from .registry import TASKS, SampleScore, Task, get_task, register, task_names
 from .runner import run
 from .scoring import format_table, score
 
-__all__ = ["TASKS", "Task", "Sample", "register", "get_task", "task_names", "score", "run", "format_table",
+__all__ = ["TASKS", "Task", "SampleScore", "register", "get_task", "task_names", "score", "run", "format_table",
            "MediaContext", "load_table", "read_jsonl"]

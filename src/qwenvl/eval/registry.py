@@ -1,4 +1,4 @@
-"""Task registry: one module per benchmark under qwenvl.eval.tasks registers its Task with @register.
+"""Task registry: one module per benchmark under qwenvl.eval.benchmarks registers its Task with @register.
 
 A Task knows three things about its benchmark: how to read the released annotations (`load`), how to
 ask the model (`messages`), and how to score one answer (`score_sample`) and a whole run (`aggregate`).
@@ -26,9 +26,9 @@ def register(*names: str):
 
 
 def _import_all() -> None:
-    from . import tasks
-    for mod in pkgutil.iter_modules(tasks.__path__):
-        importlib.import_module(f"{tasks.__name__}.{mod.name}")
+    from . import benchmarks
+    for mod in pkgutil.iter_modules(benchmarks.__path__):
+        importlib.import_module(f"{benchmarks.__name__}.{mod.name}")
 
 
 def task_names() -> list[str]:
@@ -45,7 +45,7 @@ def get_task(name: str) -> "Task":
 
 
 @dataclass
-class Sample:
+class SampleScore:
     """The score of one answer: metric values (each averaged over samples by default) and the rule that
     turned the raw text into the compared answer, so a report can say which rule produced the score."""
     values: dict[str, float]
@@ -90,21 +90,21 @@ class Task:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- scoring
-    def score_sample(self, rec: dict, pred: dict | None) -> Sample:
+    def score_sample(self, rec: dict, pred: dict | None) -> SampleScore:
         raise NotImplementedError
 
-    def aggregate(self, recs: list[dict], samples: list[Sample]) -> dict[str, float]:
+    def aggregate(self, recs: list[dict], samples: list[SampleScore]) -> dict[str, float]:
         """Default: mean of each value over all samples, in %, plus per-group breakdowns."""
         return mean_metrics(samples)
 
 
-def mean_metrics(samples: list[Sample], scale: float = 100.0) -> dict[str, float]:
+def mean_metrics(samples: list[SampleScore], scale: float = 100.0) -> dict[str, float]:
     out: dict[str, float] = {}
     if not samples or not samples[0].values:
         return out
     for key in samples[0].values:
         out[key] = scale * sum(s.values[key] for s in samples) / len(samples)
-    groups: dict[str, list[Sample]] = {}
+    groups: dict[str, list[SampleScore]] = {}
     for s in samples:
         for gk, gv in s.group.items():
             groups.setdefault(f"{gk}={gv}", []).append(s)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .registry import Sample, Task
+from .registry import SampleScore, Task
 
 
 def index_predictions(predictions: list[dict]) -> dict[str, dict]:
@@ -14,7 +14,7 @@ def index_predictions(predictions: list[dict]) -> dict[str, dict]:
 
 def score(task: Task, records: list[dict], predictions: list[dict]) -> dict:
     preds = index_predictions(predictions)
-    samples: list[Sample] = []
+    samples: list[SampleScore] = []
     rules: Counter = Counter()
     missing = 0
     for rec in records:

@@ -16,13 +16,13 @@ from torch import nn
 from ..config import QwenVLConfig
 from .rope import mrope_positions
 from .layers import Linear
-from .text import KVCache, TextModel, causal_padding_mask
+from .text import KVCache, Packed, TextModel, causal_padding_mask
 from .vision_qwen2 import vision_tower
 
 
 @dataclass
 class Output:
-    logits: torch.Tensor          # [B, L, vocab]
+    logits: torch.Tensor          # [B, L, vocab], or [n, vocab] at forward(logits_at=...)
     positions: torch.Tensor       # [3, B, L]
     rope_deltas: torch.Tensor     # [B]: position of decode step n = n + delta
 
@@ -80,20 +80,33 @@ class QwenVL(nn.Module):
         video_grid_thw: torch.Tensor | None = None,
         second_per_grid_ts: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        *,
+        image_embeds: torch.Tensor | None = None,
+        video_embeds: torch.Tensor | None = None,
+        packed: Packed | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> Output:
+        """What training adds to the inference call: `image_embeds`/`video_embeds`, the tower's features
+        already computed (training runs it once for all media of a micro-batch); `packed`, samples laid end
+        to end in one row, each attending causally to itself only (in place of `attention_mask`); and
+        `logits_at`, a bool mask like input_ids: logits only there, [n, vocab], so the LM head (the largest
+        matmul at small sizes) never runs on prompt or padding tokens."""
         if input_ids.ndim == 1:
             input_ids = input_ids[None]
+        if packed is not None and attention_mask is not None:
+            raise ValueError("pass attention_mask or packed, not both: a packed row has no padding mask")
         deltas = None
         if positions is None:
             positions, deltas = mrope_positions(input_ids, self.config, attention_mask, image_grid_thw,
                                                 video_grid_thw, second_per_grid_ts)
         positions = positions.to(input_ids.device)
-        x = self.embed(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw)
-        mask = None if attention_mask is None else causal_padding_mask(attention_mask.to(input_ids.device))
+        x = self.embed(input_ids, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw,
+                       image_embeds, video_embeds)
+        mask = packed if attention_mask is None else causal_padding_mask(attention_mask.to(input_ids.device))
         hidden = self.language_model(x, positions, mask)
         if deltas is None:
             deltas = positions.max(0).values.max(-1).values + 1 - input_ids.shape[1]
-        return Output(self.logits(hidden), positions, deltas)
+        return Output(self.logits(hidden if logits_at is None else hidden[logits_at]), positions, deltas)
 
     @property
     def device(self) -> torch.device:

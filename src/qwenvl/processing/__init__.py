@@ -2,9 +2,9 @@
 transformers Qwen2.5-VL processor, reimplemented)."""
 
 from .image import MediaSettings, fetch_image, load_image, smart_resize
-from .processor import Batch, MediaInfo, Prepared, Processor
+from .processor import ModelInputs, MediaInfo, Prepared, Processor
 from .tokenizer import StreamDecoder, Tokenizer
 from .video import fetch_video
 
-__all__ = ["Processor", "Batch", "MediaInfo", "Prepared", "smart_resize", "load_image", "fetch_image",
+__all__ = ["Processor", "ModelInputs", "MediaInfo", "Prepared", "smart_resize", "load_image", "fetch_image",
            "fetch_video", "MediaSettings", "Tokenizer", "StreamDecoder"]

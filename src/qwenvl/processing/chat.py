@@ -161,6 +161,32 @@ def render(template: str, messages: list[dict], *, add_generation_prompt: bool =
     return text
 
 
+def render_with_spans(template: str, messages: list[dict], **kwargs) -> tuple[str, list[tuple[int, int]]]:
+    """Normalised messages -> (the conversation's text without a generation prompt, the [start, end)
+    character span of every assistant reply in it). A reply's span runs from the end of its header (where
+    generation would start) to the end of its turn as the template writes it (for Qwen: the text,
+    `<|im_end|>` and the newline after it): what a model is trained to produce.
+
+    Found by rendering prefixes of the conversation, so it holds for any template that renders turn by
+    turn: the text up to turn i with a generation prompt ends where reply i starts, the text through
+    turn i ends where it ends. `kwargs` as for `render` (not add_generation_prompt)."""
+    full = render(template, messages, add_generation_prompt=False, **kwargs)
+    spans = []
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        head = render(template, messages[:i], add_generation_prompt=True, **kwargs)
+        through = render(template, messages[:i + 1], add_generation_prompt=False, **kwargs)
+        if not (full.startswith(through) and through.startswith(head)):
+            why = ("it opens the conversation, and the template opens differently without it (a default "
+                   "system prompt?)" if i == 0 else
+                   "the chat template renders the earlier turns differently when later ones follow, so the "
+                   "reply's place in the text is not defined")
+            raise ValueError(f"messages[{i}]: cannot locate this assistant reply: {why}")
+        spans.append((len(head), len(through)))
+    return full, spans
+
+
 # ----------------------------------------------------------------------------------- tools
 # Qwen2.5's chat template (tokenizer_config.json of Qwen2.5-*-Instruct) renders function calling in the
 # hermes style: the tool signatures in the system prompt, calls as <tool_call> JSON blocks in assistant

@@ -41,14 +41,14 @@ class MediaInfo:
         return t * h * w // 4   # one LLM token per 2x2 merge group
 
 
-class Batch(dict):
+class ModelInputs(dict):
     """A dict with the transformers key names, plus `.media`: MediaInfo per conversation, in order."""
 
     def __init__(self, data: dict, media: list[list[MediaInfo]]):
         super().__init__(data)
         self.media = media
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "Batch":
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "ModelInputs":
         """Move every tensor; `dtype` applies to the floating ones (pixel values) only."""
         out = {}
         for k, v in self.items():
@@ -56,7 +56,7 @@ class Batch(dict):
                 v = v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()
                                                           and k.startswith("pixel_values")) else None)
             out[k] = v
-        return Batch(out, self.media)
+        return ModelInputs(out, self.media)
 
 
 class Prepared(NamedTuple):
@@ -182,7 +182,7 @@ class Processor:
     # ------------------------------------------------------------------------- call
 
     def __call__(self, messages_or_batch, *, add_generation_prompt: bool = True, add_vision_id: bool = False,
-                 padding_side: str = "left", return_tensors: str = "pt", **template_kwargs) -> Batch:
+                 padding_side: str = "left", return_tensors: str = "pt", **template_kwargs) -> ModelInputs:
         if return_tensors != "pt":
             raise ValueError(f"only return_tensors='pt' is supported, got {return_tensors!r}")
         if padding_side not in ("left", "right"):
@@ -226,7 +226,7 @@ class Processor:
             out["pixel_values_videos"] = torch.cat(video_values)
             out["video_grid_thw"] = torch.tensor(video_grids, dtype=torch.long)
             out["second_per_grid_ts"] = torch.tensor(seconds, dtype=torch.float32)
-        return Batch(out, [p.media for p in prepared])
+        return ModelInputs(out, [p.media for p in prepared])
 
     def _expand(self, p: Prepared) -> str:
         """Each pad token -> as many copies as the item has merged patches."""

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from qwenvl.processing.image import to_rgb
+
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
            (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40), (128, 0, 0),
            (170, 255, 195), (128, 128, 0), (0, 0, 128), (255, 225, 25)]
@@ -25,7 +27,8 @@ def color_for(label: str) -> tuple[int, int, int]:
 def _canvas(image) -> Image.Image:
     if isinstance(image, (str, Path)):
         image = Image.open(image)
-    return image.convert("RGB").copy()
+    # the model's own conversion (RGBA onto white), so the picture under the boxes is the one it saw
+    return to_rgb(image).copy()
 
 
 def _width(img: Image.Image) -> int:

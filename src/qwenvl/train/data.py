@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from ..model.rope import mrope_positions
-from .pack import IGNORE, Sample, collate, plan_rows, shift_labels
+from ..processing import chat
+from .pack import IGNORE, TrainSample, collate, plan_rows, shift_labels
 from .validate import BadRecord, check_record, decode_line
 
 
@@ -191,47 +192,47 @@ def read_records(path: str | Path, data_root: str | Path | None = None, on_bad: 
 
 # ------------------------------------------------------------------------------------------- encoding
 
-def supervised_mask(ids: list[int], tokenizer, im_start: int, im_end: int) -> list[bool]:
-    """True on every assistant reply, its <|im_end|> and the newline after it; False elsewhere.
-    A reply starts after `<|im_start|>assistant` and the newline token that follows the role."""
-    role = tokenizer.encode("assistant")
-    mask = [False] * len(ids)
-    i, n = 0, len(ids)
-    while i < n:
-        if ids[i] == im_start and ids[i + 1:i + 1 + len(role)] == role:
-            j = i + 1 + len(role)
-            if j < n and tokenizer.decode([ids[j]]) == "\n":
-                j += 1  # the header's own newline (a reply starting with whitespace may merge into it)
-            k = j
-            while k < n and ids[k] != im_end:
-                k += 1
-            end = min(k + 1, n)  # include <|im_end|>
-            if end < n and tokenizer.decode([ids[end]]).startswith("\n"):
-                end += 1
-            for t in range(j, end):
-                mask[t] = True
-            i = end
-        else:
-            i += 1
-    return mask
+def supervised_mask(processor, messages: list[dict], inputs) -> torch.Tensor:
+    """True on the tokens of every assistant reply where the chat template writes it (chat.render_with_spans:
+    for Qwen the reply, its <|im_end|> and the newline after it); a token that straddles a span's edge (a
+    reply starting with a newline merges into the header's) counts as supervised. `inputs`: the
+    processor's output for the same messages, whose ids the mask is checked to line up with."""
+    tok = processor.tokenizer
+    text, spans = chat.render_with_spans(processor.chat_template, chat.normalize_messages(messages),
+                                         special_tokens=tok.special_tokens_map())
+    enc = tok.backend.encode(text, add_special_tokens=True)
+    # the processor repeats each media pad once per merged patch after rendering: repeat its mask value too
+    merge = processor.spec.merge_size ** 2
+    repeats = {token: iter((grid.prod(-1) // merge).tolist() if grid is not None else [])
+               for token, grid in ((processor.image_token_id, inputs.get("image_grid_thw")),
+                                   (processor.video_token_id, inputs.get("video_grid_thw")))}
+    expanded, mask = [], []
+    for t, (a, b) in zip(enc.ids, enc.offsets):
+        n = next(repeats[t]) if t in repeats else 1
+        expanded += [t] * n
+        mask += [any(a < e and b > s for s, e in spans)] * n
+    if expanded != inputs["input_ids"][0].tolist():
+        raise ValueError("the chat template's text does not tokenize to the processor's ids")
+    return torch.tensor(mask, dtype=torch.bool)
 
 
-def encode(processor, messages: list[dict], config, where: str = "") -> Sample:
-    """A conversation -> Sample, through the inference processor (chat template, media, pad expansion)."""
+def encode(processor, messages: list[dict], config, where: str = "") -> TrainSample:
+    """A conversation -> TrainSample, through the inference processor (chat template, media, pad expansion)."""
     try:
         b = processor(messages, add_generation_prompt=False)
     except Exception as e:  # undecodable or missing media, bad sizes: the record is bad, not the run
         raise BadRecord(f"{where}: cannot process: {type(e).__name__}: {e}") from None
     ids = b["input_ids"][0]
-    tok = processor.tokenizer
-    im_start, im_end = tok.token_to_id("<|im_start|>"), tok.token_to_id("<|im_end|>")
-    keep = torch.tensor(supervised_mask(ids.tolist(), tok, im_start, im_end))
+    try:
+        keep = supervised_mask(processor, messages, b)
+    except ValueError as e:  # e.g. a conversation that opens with a reply: nothing to place it after
+        raise BadRecord(f"{where}: {e}") from None
     labels = torch.where(keep, ids, torch.full_like(ids, IGNORE))
     spg = b.get("second_per_grid_ts")
     positions, _ = mrope_positions(ids[None], config, None, b.get("image_grid_thw"), b.get("video_grid_thw"), spg)
-    return Sample(ids, shift_labels(labels), positions[:, 0], b.get("pixel_values"), b.get("image_grid_thw"),
-                  b.get("pixel_values_videos"), b.get("video_grid_thw"), spg, where,
-                  reply_weights(shift_labels(labels)))
+    return TrainSample(ids, shift_labels(labels), positions[:, 0], b.get("pixel_values"), b.get("image_grid_thw"),
+                       b.get("pixel_values_videos"), b.get("video_grid_thw"), spg, where,
+                       reply_weights(shift_labels(labels)))
 
 
 def reply_weights(targets: torch.Tensor) -> torch.Tensor:
@@ -310,7 +311,7 @@ class Stream(Packing):
         g = torch.Generator().manual_seed(self.opts.seed * 1000 + self.epoch)
         return torch.randperm(len(self.records), generator=g).tolist()[self.rank::self.world]
 
-    def _encode(self, index: int) -> list[Sample]:
+    def _encode(self, index: int) -> list[TrainSample]:
         rec = self.records[index]
         rng = random.Random(f"{self.opts.seed}/{self.epoch}/{index}")
         convs = [rec.messages] if rec.rejected is None else [rec.messages, rec.rejected]
@@ -348,7 +349,7 @@ class Stream(Packing):
             self.taken = 0
 
     def next(self):
-        """The next micro-batch (a collated Batch)."""
+        """The next micro-batch (a collated TrainBatch)."""
         if self._batches is None:
             self._fill()
         while self.taken >= len(self._batches):

@@ -1,6 +1,6 @@
 """Encoded samples, best-fit-decreasing packing, and collation into the tensors one step consumes.
 
-A `Sample` is one encoded conversation: token ids, next-token targets (already shifted, -100 where
+A `TrainSample` is one encoded conversation: token ids, next-token targets (already shifted, -100 where
 nothing is learned), its media tensors and its own MRoPE positions. A micro-batch is B rows; each row
 holds one sample (unpacked) or several (packed). Either way the row carries a segment id per token and
 the attention mask is block-diagonal causal: a token sees earlier tokens of its own sample only, and
@@ -21,7 +21,7 @@ IGNORE = -100
 
 
 @dataclass
-class Sample:
+class TrainSample:
     input_ids: torch.Tensor                      # [L] long
     targets: torch.Tensor                        # [L] long: the label of token t+1, or IGNORE
     positions: torch.Tensor                      # [3, L] long, from mrope_positions on this sample alone
@@ -78,7 +78,7 @@ def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
 # ------------------------------------------------------------------------------------------- batches
 
 @dataclass
-class Batch:
+class TrainBatch:
     input_ids: torch.Tensor            # [B, L]
     targets: torch.Tensor              # [B, L]
     positions: torch.Tensor            # [3, B, L]
@@ -95,11 +95,11 @@ class Batch:
     def n_supervised(self) -> int:
         return int((self.targets != IGNORE).sum())
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> "TrainBatch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.input_ids), move(self.targets), move(self.positions), move(self.segments),
-                     move(self.pixel_values), move(self.grid_thw), self.n_image_tokens, self.n_samples, self.stats,
-                     move(self.weights), self.n_replies)
+        return TrainBatch(move(self.input_ids), move(self.targets), move(self.positions), move(self.segments),
+                          move(self.pixel_values), move(self.grid_thw), self.n_image_tokens, self.n_samples,
+                          self.stats, move(self.weights), self.n_replies)
 
 
 def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:
@@ -112,8 +112,8 @@ def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:
     return (same & causal)[:, None]
 
 
-def collate(rows: list[list[Sample]], pad_id: int, merge_unit: int = 4) -> Batch:
-    """Rows of samples -> one right-padded Batch. Samples are numbered in row order; media follow the
+def collate(rows: list[list[TrainSample]], pad_id: int, merge_unit: int = 4) -> TrainBatch:
+    """Rows of samples -> one right-padded TrainBatch. Samples are numbered in row order; media follow the
     same order (all images first, then all videos), which is the order their pad tokens appear in."""
     L = max(sum(len(s) for s in row) for row in rows)
     B = len(rows)
@@ -148,10 +148,10 @@ def collate(rows: list[list[Sample]], pad_id: int, merge_unit: int = 4) -> Batch
     n_image_tokens = int(torch.cat(image_grids).prod(-1).sum()) // merge_unit if images else 0
     real = int((segments >= 0).sum())
     stats = {"tokens": real, "fill": real / (B * L), "samples": k, "rows": B}
-    return Batch(ids, targets, positions, segments, pixels, grids, n_image_tokens, k, stats, weights, replies)
+    return TrainBatch(ids, targets, positions, segments, pixels, grids, n_image_tokens, k, stats, weights, replies)
 
 
-def plan_rows(units: list[list[Sample]], max_len: int, pack: bool) -> list[list[Sample]]:
+def plan_rows(units: list[list[TrainSample]], max_len: int, pack: bool) -> list[list[TrainSample]]:
     """Units (a sample, or a chosen/rejected pair that must stay together) -> rows.
     Unpacked: one sample per row. Packed: best-fit-decreasing over the units' total lengths."""
     if not pack:

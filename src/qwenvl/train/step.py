@@ -1,9 +1,10 @@
 """The network as training calls it, and the losses.
 
-`Policy` wraps a QwenVL: one vision-tower call per micro-batch for all its images and video frames (a
-4-patch dummy when there are none, so that every rank runs the same collectives under FSDP and the
-tower's parameters always take part in the graph), the block-diagonal mask of the packed rows, and
-log-probabilities of the supervised tokens only: the LM head never runs on prompt or padding tokens.
+`Policy` calls the model's own forward (QwenVL.forward) with what training adds: one vision-tower call
+per micro-batch for all its images and video frames (a 4-patch dummy when there are none, so that every
+rank runs the same collectives under FSDP and the tower's parameters always take part in the graph), the
+rows laid end to end as packed causal segments, and logits at the supervised tokens only: the LM head
+never runs on prompt or padding tokens.
 
 Losses are sums; the loop divides them by the number of supervised tokens (SFT) or pairs (DPO) of
 the whole optimizer step over every rank, so gradient accumulation, packing and data parallelism all
@@ -17,34 +18,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.text import Packed
-from .pack import IGNORE, Batch
+from .pack import IGNORE, TrainBatch
 
 
 class Policy(nn.Module):
+    """The model's own forward, called as training needs it (see the module docstring)."""
+
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids, targets, positions, segments, pixel_values, grid_thw, n_image_tokens: int):
         """-> (log p(target) [n], sample index [n]) for the n supervised tokens of the micro-batch."""
-        m = self.model
+        m, vision = self.model, self.model.config.vision
         dummy = pixel_values is None
         if dummy:
-            patch = m.config.vision.patch_dim
-            pixel_values = torch.zeros(m.config.vision.merge_unit, patch, device=input_ids.device)
-            grid_thw = torch.tensor([[1, m.config.vision.spatial_merge_size, m.config.vision.spatial_merge_size]])
+            pixel_values = torch.zeros(vision.merge_unit, vision.patch_dim, device=input_ids.device)
+            grid_thw = torch.tensor([[1, vision.spatial_merge_size, vision.spatial_merge_size]])
         feats = m.visual(pixel_values, grid_thw)  # [n_media_tokens, E]: images first, then videos
-        if dummy:
-            x = m.embed(input_ids) + 0.0 * feats.sum()
-        else:
-            x = m.embed(input_ids, image_embeds=feats[:n_image_tokens], video_embeds=feats[n_image_tokens:])
         # The rows laid end to end as one: every sample (and each row's padding) is its own causal segment.
         B, L = input_ids.shape
-        hidden = m.language_model(x.reshape(1, B * L, -1), positions.reshape(3, 1, B * L),
-                                  Packed(segment_lengths(segments))).view(B, L, -1)
         sel = targets != IGNORE
-        logits = m.lm_head(hidden[sel]).float()
-        logp = -F.cross_entropy(logits, targets[sel], reduction="none")
+        out = m(input_ids.reshape(1, B * L), positions=positions.reshape(3, 1, B * L),
+                image_embeds=None if dummy else feats[:n_image_tokens],
+                video_embeds=None if dummy else feats[n_image_tokens:],
+                packed=Packed(segment_lengths(segments)), logits_at=sel.reshape(1, B * L))
+        logp = -F.cross_entropy(out.logits.float(), targets[sel], reduction="none")
+        if dummy:
+            logp = logp + 0.0 * feats.sum()   # the dummy's zero gradient keeps the tower in every rank's graph
         return logp, segments[sel]
 
 
@@ -59,7 +60,7 @@ def segment_lengths(segments: torch.Tensor) -> tuple[int, ...]:
     return tuple(b - a for a, b in zip(idx, idx[1:]))
 
 
-def run(policy: nn.Module, batch: Batch):
+def run(policy: nn.Module, batch: TrainBatch):
     return policy(batch.input_ids, batch.targets, batch.positions, batch.segments, batch.pixel_values,
                   batch.grid_thw, batch.n_image_tokens)
 

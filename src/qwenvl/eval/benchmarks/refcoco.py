@@ -11,7 +11,7 @@ VLMEvalKit columns bbox_x1..bbox_y2, give corner boxes instead. A row with a lis
 from __future__ import annotations
 
 from ..metrics.spatial import iou, xywh_to_xyxy
-from ..registry import Sample, Task, register
+from ..registry import SampleScore, Task, register
 from ._common import as_list, first, image_item, text, user
 from ._grounding import answer_detections, first_box
 
@@ -51,6 +51,6 @@ class RefCOCO(Task):
         dets, rule, _, known = answer_detections(rec, pred)
         box = first_box(dets)
         if box is None:
-            return Sample({"acc@0.5": 0.0, "iou": 0.0}, rule if rule == "unparsed" else "no_box")
+            return SampleScore({"acc@0.5": 0.0, "iou": 0.0}, rule if rule == "unparsed" else "no_box")
         v = iou(box, gt_box(rec))
-        return Sample({"acc@0.5": float(v >= 0.5), "iou": v}, rule if known else rule + "+no_input_size")
+        return SampleScore({"acc@0.5": float(v >= 0.5), "iou": v}, rule if known else rule + "+no_input_size")

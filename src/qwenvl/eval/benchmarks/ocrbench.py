@@ -4,7 +4,7 @@ case-sensitive with all spaces removed. Final score = sum of hits over the 1000 
 
 from __future__ import annotations
 
-from ..registry import Sample, Task, register
+from ..registry import SampleScore, Task, register
 from ._common import as_list, first, image_item, text, text_of, user
 
 HME = "Handwritten Mathematical Expression Recognition"
@@ -36,7 +36,7 @@ class OCRBench(Task):
                 p = predict.lower().strip().replace("\n", " ")
             if a in p:
                 hit = 1
-        return Sample({"hit": float(hit)}, "hme_substring" if hme else "substring", {"category": category})
+        return SampleScore({"hit": float(hit)}, "hme_substring" if hme else "substring", {"category": category})
 
     def aggregate(self, recs, samples):
         by_cat: dict[str, float] = {}

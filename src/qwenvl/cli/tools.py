@@ -133,13 +133,16 @@ def render_pages(path: Path, dpi: float = 144.0) -> list:
         try:
             if len(pdf) == 0:
                 raise CLIError(f"{path}: the PDF has no pages")
+            # pdfium renders onto an opaque white page, so convert() only changes the mode (BGR(A)/L -> RGB)
             return [pdf[i].render(scale=dpi / 72.0).to_pil().convert("RGB") for i in range(len(pdf))]
         finally:
             pdf.close()
     from PIL import Image
 
+    from qwenvl.processing.image import to_rgb
+
     check_image(path, "document")
-    return [Image.open(path).convert("RGB")]
+    return [to_rgb(Image.open(path))]    # the processor's rule (RGBA onto white), not a plain convert
 
 
 def run_parse_doc(args) -> int:

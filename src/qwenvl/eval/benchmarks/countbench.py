@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from ..metrics.text import parse_count
-from ..registry import Sample, Task, register
+from ..registry import SampleScore, Task, register
 from ._common import first, image_item, text, text_of, user
 
 PROMPT = ("Look at the image carefully and count the objects. Answer with just a number, without any "
@@ -24,4 +24,4 @@ class CountBench(Task):
         target = int(str(first(rec, "number", "answer", "count")).strip())
         value, rule = parse_count(text_of(pred))
         ok = float(value == target)
-        return Sample({"accuracy": ok, "strict_accuracy": ok if rule == "exact" else 0.0}, rule)
+        return SampleScore({"accuracy": ok, "strict_accuracy": ok if rule == "exact" else 0.0}, rule)

@@ -4,7 +4,7 @@ over the 10 leave-one-out subsets of the human answers."""
 from __future__ import annotations
 
 from ..metrics.text import vqa_accuracy
-from ..registry import Sample, Task, register
+from ..registry import SampleScore, Task, register
 from ._common import as_list, first, image_item, text, text_of, user
 
 PROMPT = "\nAnswer the question using a single word or phrase."
@@ -23,4 +23,4 @@ class TextVQA(Task):
     def score_sample(self, rec, pred):
         t = text_of(pred)
         acc = vqa_accuracy(t, [str(a) for a in as_list(first(rec, "answers", "answer", default=[]))])
-        return Sample({"vqa_accuracy": acc}, "vqa_normalized" if t.strip() else "empty")
+        return SampleScore({"vqa_accuracy": acc}, "vqa_normalized" if t.strip() else "empty")

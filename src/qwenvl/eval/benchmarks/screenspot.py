@@ -13,7 +13,7 @@ from qwenvl.tasks import computer_use_tool, screen_input_size, tool_system_promp
 
 from ..data import image_size
 from ..metrics.spatial import point_in_box, xywh_to_xyxy
-from ..registry import Sample, Task, register
+from ..registry import SampleScore, Task, register
 from ._common import as_list, first, image_item, input_size, original_size, text, text_of, user
 from ._grounding import click_point
 
@@ -46,4 +46,4 @@ class ScreenSpot(Task):
         ok = point is not None and point_in_box(point, self.gt_box(rec, size))
         kind = first(rec, "data_type", "ui_type")
         group = {"type": kind} if kind else {}
-        return Sample({"accuracy": float(ok)}, rule if known or point is None else rule + "+no_input_size", group)
+        return SampleScore({"accuracy": float(ok)}, rule if known or point is None else rule + "+no_input_size", group)

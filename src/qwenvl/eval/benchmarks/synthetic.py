@@ -10,7 +10,7 @@ import re
 
 from ..metrics.spatial import iou
 from ..metrics.text import NUMBER_WORDS
-from ..registry import Sample, Task, register
+from ..registry import SampleScore, Task, register
 from ._common import as_list, first, image_item, text, text_of, user
 from ._grounding import answer_detections, first_box
 
@@ -36,7 +36,7 @@ class SyntheticShapes(Task):
             dets, rule, _, _ = answer_detections(rec, pred)
             box = first_box(dets)
             ok = box is not None and iou(box, [float(v) for v in as_list(rec["bbox"])]) >= 0.5
-            return Sample({"accuracy": float(ok)}, rule if box is not None or rule == "unparsed" else "no_box",
+            return SampleScore({"accuracy": float(ok)}, rule if box is not None or rule == "unparsed" else "no_box",
                           group)
         ok = normalize_answer(t) == normalize_answer(rec["answer"])
-        return Sample({"accuracy": float(ok)}, "exact" if t.strip() else "empty", group)
+        return SampleScore({"accuracy": float(ok)}, "exact" if t.strip() else "empty", group)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from ..metrics.choice import extract_choice_mmmu
-from ..registry import Sample, Task, register
+from ..registry import SampleScore, Task, register
 from ._common import as_list, image_item, options_from, text, text_of, user
 from ._mcq import LETTER_PROMPT, option_lines
 
@@ -42,10 +42,10 @@ class MMMU(Task):
             opts = options_from(rec)
             letter, rule = extract_choice_mmmu(t, opts)
             gold = as_list(rec["answer"])
-            return Sample({"accuracy": float(letter is not None and letter in [str(g) for g in gold])}, rule,
+            return SampleScore({"accuracy": float(letter is not None and letter in [str(g) for g in gold])}, rule,
                           group)
         preds = parse_open_response(t)
-        return Sample({"accuracy": float(eval_open(as_list(rec["answer"]), preds))}, "open", group)
+        return SampleScore({"accuracy": float(eval_open(as_list(rec["answer"]), preds))}, "open", group)
 
 
 def _subject(rec) -> str | None:

@@ -5,7 +5,7 @@ domain, task_type, question, options ["A. ...", ...], answer (letter). Videos: "
 from __future__ import annotations
 
 from ..metrics.choice import extract_choice_videomme
-from ..registry import Sample, Task, register
+from ..registry import SampleScore, Task, register
 from ._common import as_list, first, text, text_of, user, video_item
 
 PRE = ("Select the best answer to the following multiple-choice question based on the video and the subtitles. "
@@ -27,4 +27,4 @@ class VideoMME(Task):
     def score_sample(self, rec, pred):
         letter, rule = extract_choice_videomme(text_of(pred))
         ok = letter is not None and letter.upper() == str(rec["answer"]).strip().upper()
-        return Sample({"accuracy": float(ok)}, rule, {"duration": rec["duration"]} if rec.get("duration") else {})
+        return SampleScore({"accuracy": float(ok)}, rule, {"duration": rec["duration"]} if rec.get("duration") else {})

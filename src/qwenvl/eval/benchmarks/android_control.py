@@ -23,7 +23,7 @@ from qwenvl.tasks import mobile_use_tool, screen_input_size, tool_system_prompt
 
 from ..data import image_size
 from ..metrics.spatial import point_in_box
-from ..registry import Sample, Task, register
+from ..registry import SampleScore, Task, register
 from ._common import as_list, first, image_item, input_size, original_size, text, text_of, user
 from ._grounding import tool_call_args
 
@@ -92,7 +92,7 @@ class AndroidControl(Task):
         calls = tool_call_args(text_of(pred), insize, size) if size else []
         calls = [c for c in calls if "action" in c]
         if not calls:
-            return Sample({"step_accuracy": 0.0, "type_accuracy": 0.0}, "unparsed")
+            return SampleScore({"step_accuracy": 0.0, "type_accuracy": 0.0}, "unparsed")
         got, ref = to_android(calls[0]), dict(rec["action"])
         kind = str(ref.get("action_type", "")).lower()
         type_ok = got["action_type"] == kind
@@ -111,5 +111,5 @@ class AndroidControl(Task):
             ok = token_f1(got["app_name"], ref.get("app_name", "")) >= TEXT_F1
         elif type_ok and kind == "scroll":
             ok = got["direction"] == str(ref.get("direction", "")).lower()
-        return Sample({"step_accuracy": float(ok), "type_accuracy": float(type_ok)}, "tool_call",
+        return SampleScore({"step_accuracy": float(ok), "type_accuracy": float(type_ok)}, "tool_call",
                       {"action": kind})

@@ -14,7 +14,7 @@ from qwenvl.synth import score
 from qwenvl.synth.scoring import METRICS
 
 from ..data import resolve_media
-from ..registry import Sample, Task, mean_metrics, register
+from ..registry import SampleScore, Task, mean_metrics, register
 from ._common import first, text, text_of, user
 
 MAX_NEW_TOKENS = {"ground": 64, "ground_all": 256, "point": 48, "count": 8, "read": 48, "document": 768,
@@ -66,7 +66,7 @@ class Synth(Task):
         insize = tuple((pred or {}).get("input_size") or rec["input_size"])
         values = score(task, rec["target"], text_of(pred), insize, tuple(rec["media_size"]))
         rule = "empty" if not text_of(pred).strip() else "answered"
-        return Sample(values, rule, {"task": task} if not self.only else {})
+        return SampleScore(values, rule, {"task": task} if not self.only else {})
 
     def aggregate(self, recs, samples):
         if self.only:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 
-from ..registry import Sample, Task, register
+from ..registry import SampleScore, Task, register
 from ._common import as_list, first, image_item, text, user
 from ._grounding import answer_detections
 
@@ -32,7 +32,7 @@ class ODinW(Task):
     def score_sample(self, rec, pred):
         dets, rule, size, _ = answer_detections(rec, pred)
         boxes = [(str(d.label or "").strip().lower(), d.bbox) for d in dets if d.bbox]
-        return Sample({}, rule, {"subset": str(rec.get("dataset_name", "all"))}, extra=(boxes, size))
+        return SampleScore({}, rule, {"subset": str(rec.get("dataset_name", "all"))}, extra=(boxes, size))
 
     def aggregate(self, recs, samples):
         subsets: dict[str, list] = {}

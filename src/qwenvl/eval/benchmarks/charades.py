@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..metrics.temporal import parse_span, temporal_iou
-from ..registry import Sample, Task, register
+from ..registry import SampleScore, Task, register
 from ._common import as_list, first, text, text_of, user, video_item
 
 PRE = ("Please find the visual event described by a sentence in the video, determining its starting and ending "
@@ -55,4 +55,4 @@ class CharadesSTA(Task):
         v = temporal_iou(span, gt) if span else 0.0
         values = {f"r@{t}": float(v >= t) for t in THRESHOLDS}
         values["miou"] = v
-        return Sample(values, rule)
+        return SampleScore(values, rule)

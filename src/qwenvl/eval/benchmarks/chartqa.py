@@ -5,7 +5,7 @@ official JSON (imgname/query/label, split from the file name: test_human / test_
 from __future__ import annotations
 
 from ..metrics.text import to_float, relaxed_correctness
-from ..registry import Sample, Task, register
+from ..registry import SampleScore, Task, register
 from ._common import as_list, first, image_item, text, text_of, user
 
 PROMPT = "\nAnswer the question using a single word or phrase."
@@ -32,4 +32,4 @@ class ChartQA(Task):
         ok = any(relaxed_correctness(t, g) for g in targets)
         rule = "number" if to_float(t.strip()) is not None else "string" if t.strip() else "empty"
         group = {"type": rec["type"]} if rec.get("type") else {}
-        return Sample({"relaxed_accuracy": float(ok)}, rule, group)
+        return SampleScore({"relaxed_accuracy": float(ok)}, rule, group)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..metrics.choice import LETTERS, extract_choice
-from ..registry import Sample
+from ..registry import SampleScore
 from ._common import text_of
 
 LETTER_PROMPT = "Answer with the option's letter from the given choices directly."
@@ -27,6 +27,6 @@ def gt_letter(answer, options: dict[str, str]) -> str:
 
 
 def score_choice(pred, gt: str, options: dict[str, str] | None, letters: str | None = None,
-                 group: dict | None = None) -> Sample:
+                 group: dict | None = None) -> SampleScore:
     letter, rule = extract_choice(text_of(pred), options or None, letters)
-    return Sample({"accuracy": float(letter is not None and letter == gt)}, rule, group or {})
+    return SampleScore({"accuracy": float(letter is not None and letter == gt)}, rule, group or {})

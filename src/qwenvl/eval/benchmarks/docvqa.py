@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..metrics.text import anls
-from ..registry import Sample, Task, register
+from ..registry import SampleScore, Task, register
 from ._common import as_list, first, image_item, text, text_of, user
 
 PROMPT = "\nAnswer the question using a single word or phrase."
@@ -22,4 +22,4 @@ class DocVQA(Task):
     def score_sample(self, rec, pred):
         answers = [str(a) for a in as_list(first(rec, "answers", "answer", default=[]))]
         t = text_of(pred)
-        return Sample({"anls": anls(t, answers)}, "anls" if t.strip() else "empty")
+        return SampleScore({"anls": anls(t, answers)}, "anls" if t.strip() else "empty")
