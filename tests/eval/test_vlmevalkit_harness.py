@@ -14,6 +14,7 @@ import base64
 import csv
 import importlib.util
 import io
+import json
 import os
 import subprocess
 import sys
@@ -68,14 +69,23 @@ def read_tsv(path: Path) -> list[dict]:
         return list(csv.DictReader(f, delimiter="\t"))
 
 
-def test_vlmevalkit_runner_runs_the_model(vlmeval_importable, lmudata, tiny_ckpt, tmp_path):
+@pytest.mark.parametrize("how", ["args", "config"])
+def test_vlmevalkit_runner_runs_the_model(vlmeval_importable, lmudata, tiny_ckpt, tmp_path, how):
     import qwenvl
 
     work = tmp_path / "outputs"
     env = harness_env({"LMUData": str(lmudata), "PRED_FORMAT": "tsv", "EVAL_FORMAT": "csv"})
-    cmd = [sys.executable, "-m", "qwenvl.eval.adapters.vlmevalkit",
-           "--model-args", f"model_path={tiny_ckpt},dtype=float32,device=cpu,max_new_tokens=3",
-           "--model", "qwenvl", "--data", DATASET, "--work-dir", str(work), "--judge", "exact_matching"]
+    cmd = [sys.executable, "-m", "qwenvl.eval.adapters.vlmevalkit"]
+    if how == "args":    # --model-args for our class, the rest is run.py's
+        cmd += ["--model-args", f"model_path={tiny_ckpt},dtype=float32,device=cpu,max_new_tokens=3",
+                "--model", "qwenvl", "--data", DATASET]
+    else:                # run.py's --config file: a model entry without "class" is supported_VLM[name](**kwargs)
+        config = {"model": {"qwenvl": {"model_path": str(tiny_ckpt), "dtype": "float32", "device": "cpu",
+                                       "max_new_tokens": 3}},
+                  "data": {DATASET: {"class": "CustomMCQDataset", "dataset": DATASET}}}
+        (tmp_path / "eval.json").write_text(json.dumps(config))
+        cmd += ["--config", str(tmp_path / "eval.json")]
+    cmd += ["--work-dir", str(work), "--judge", "exact_matching"]
     r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     log = r.stdout[-3000:] + r.stderr[-3000:]
     assert r.returncode == 0, log
