@@ -6,6 +6,8 @@ import sys
 import types
 from dataclasses import dataclass
 
+import pytest
+
 from qwenvl.eval.adapters.lmms_eval import QwenVLForLmmsEval
 from qwenvl.eval.adapters.vlmevalkit import QwenVLForVLMEvalKit
 
@@ -164,3 +166,56 @@ def test_vlmevalkit_generate_inner():
     assert messages[0]["content"][2] == {"type": "video", "video": "/data/v.mp4", "max_pixels": 1000, "fps": 2.0}
     assert temp == 0.0 and max_new == 2048 and not model.use_custom_prompt("MMBench_DEV_EN")
     assert model.generate("just text") == "C"
+
+
+def test_vlmevalkit_chat_inner_keeps_roles():
+    pipe = FakePipe("ok")
+    model = QwenVLForVLMEvalKit(pipe=pipe)
+    turns = [{"role": "user", "content": [{"type": "image", "value": "/a.png"}, {"type": "text", "value": "q1"}]},
+             {"role": "assistant", "content": [{"type": "text", "value": "a1"}]},
+             {"role": "user", "content": [{"type": "text", "value": "q2"}]}]
+    assert model.chat_inner(turns, dataset="MMDU") == "ok"
+    messages = pipe.calls[0][0]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert messages[0]["content"][0] == {"type": "image", "image": "/a.png"}
+    with pytest.raises(ValueError, match="'audio'"):
+        model.generate_inner([{"type": "audio", "value": "/a.wav"}])
+
+
+def test_vlmevalkit_register_and_launcher(monkeypatch):
+    """register() puts a partial of the module-level class into supported_VLM (stand-in vlmeval modules);
+    the launcher hands every argument but its own to run.py, with qwenvl registered before run.main()."""
+    class BaseModel:
+        def __init__(self):
+            self.dump_image_func = None
+
+        def generate(self, message, dataset=None):
+            return "base:" + self.generate_inner(message, dataset)
+
+    supported, seen = {}, {}
+
+    def run_main():
+        seen["argv"], seen["model"] = list(sys.argv), supported["qwenvl"](pipe=FakePipe("B"))
+
+    for name, attrs in {"vlmeval": {}, "vlmeval.vlm": {}, "vlmeval.vlm.base": {"BaseModel": BaseModel},
+                        "vlmeval.config": {"supported_VLM": supported},
+                        "vlmeval.smp": {"load_env": lambda: None},
+                        "vlmeval.run": {"main": run_main}}.items():
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
+    sys.modules["vlmeval"].run = sys.modules["vlmeval.run"]
+    monkeypatch.delitem(sys.modules, "qwenvl.eval.adapters.vlmevalkit_model", raising=False)
+    monkeypatch.setattr(sys, "argv", ["x"])
+    from qwenvl.eval.adapters import vlmevalkit
+
+    vlmevalkit.main(["--model-args", "model_path=/ckpt,max_pixels=1000,device=cpu", "--model", "qwenvl",
+                     "--data", "MMBench_DEV_EN", "--judge", "exact_matching"])
+    assert seen["argv"][1:] == ["--model", "qwenvl", "--data", "MMBench_DEV_EN", "--judge", "exact_matching"]
+    model = seen["model"]
+    cls = type(model)
+    assert cls.__module__ == "qwenvl.eval.adapters.vlmevalkit_model" and issubclass(cls, BaseModel)
+    assert model.dump_image_func is None                        # BaseModel.__init__ ran
+    assert model.gen.pretrained == "/ckpt" and model.gen.max_pixels == 1000 and model.gen.device == "cpu"
+    assert model.generate([{"type": "text", "value": "q"}]) == "base:B"   # BaseModel.generate is the entry
+    monkeypatch.delitem(sys.modules, "qwenvl.eval.adapters.vlmevalkit_model")
+    with pytest.raises(ValueError, match="'oops' is not key=value"):
+        vlmevalkit.parse_model_args("model_path=/x,oops")

@@ -27,14 +27,19 @@ UTILS = '''
 from PIL import Image
 
 def doc_to_visual(doc):
+    if doc["video"]:
+        return [doc["video"]]
     return [Image.open(doc["image"]).convert("RGB")]
 
 def doc_to_text(doc, lmms_eval_specific_kwargs=None):
     return doc["question"]
 
 def doc_to_messages(doc, lmms_eval_specific_kwargs=None):
-    return [{"role": "user", "content": [{"type": "image", "url": doc["image"]},
-                                         {"type": "text", "text": doc["question"]}]}]
+    if doc["video"]:   # a clip window, as lmms-eval's temporal tasks give one
+        visual = {"type": "video", "url": doc["video"], "start_time": doc["start"], "end_time": doc["end"]}
+    else:
+        visual = {"type": "image", "url": doc["image"]}
+    return [{"role": "user", "content": [visual, {"type": "text", "text": doc["question"]}]}]
 '''
 
 TASK = '''
@@ -59,6 +64,22 @@ metric_list:
 '''
 
 
+def write_video(path: Path, n: int, fps: int, side: int) -> Path:
+    """An mpeg4 clip whose frame k is filled with grey level 15 * k."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("mpeg4", rate=fps)
+        s.width, s.height, s.pix_fmt = side, side, "yuv420p"
+        for k in range(n):
+            frame = np.full((side, side, 3), 15 * k, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path
+
+
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("lmms_task")
@@ -66,7 +87,12 @@ def task_dir(tmp_path_factory):
     for i in range(2):
         img = d / f"img{i}.png"
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(img)
-        rows.append({"id": i, "image": str(img), "question": f"What is in image {i}?", "answer": "A"})
+        rows.append({"id": i, "image": str(img), "video": "", "start": None, "end": None,
+                     "question": f"What is in image {i}?", "answer": "A"})
+    # 2 s of 8 fps frames, each frame's colours its index; the chat layout asks about 0.5 s .. 1.5 s
+    video = write_video(d / "clip.mp4", 16, fps=8, side=56)
+    rows.append({"id": 2, "image": "", "video": str(video), "start": 0.5, "end": 1.5,
+                 "question": "What happens in the clip?", "answer": "A"})
     (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "utils.py").write_text(UTILS)
     (d / "qwenvl_tiny.yaml").write_text(TASK.format(data=d / "data.jsonl"))
@@ -97,17 +123,23 @@ def test_lmms_eval_cli_runs_the_adapter(task_dir, own_ckpt, tmp_path, force_simp
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     # (lmms-eval logs a failed evaluation and still exits 0: the samples file is the proof)
     samples = [json.loads(line) for f in out.rglob("*samples_qwenvl_tiny.jsonl") for line in f.read_text().splitlines()]
-    assert len(samples) == 2, list(out.rglob("*"))
-    # the answers are what our pipeline gives for the same conversation (greedy, 3 tokens)
+    assert len(samples) == 3, list(out.rglob("*"))
+    # the answers are what our pipeline gives for the same conversation (greedy, 3 tokens); the chat
+    # layout's video keeps lmms-eval's start_time/end_time as our video_start/video_end, the simple
+    # layout has no window (doc_to_visual gives the path only)
     pipe = qwenvl.load(own_ckpt, dtype="float32")
     by_id = {s["doc_id"]: s for s in samples}
     rows = [json.loads(x) for x in (task_dir / "data.jsonl").read_text().splitlines()]
     for i, row in enumerate(rows):
-        image = Image.open(row["image"]).convert("RGB") if force_simple else row["image"]
-        want = pipe.chat([{"role": "user", "content": [{"type": "image", "image": image},
-                                                       {"type": "text", "text": row["question"]}]}],
+        if row["video"]:
+            visual = {"type": "video", "video": row["video"]}
+            if not force_simple:
+                visual.update(video_start=row["start"], video_end=row["end"])
+        else:
+            visual = {"type": "image", "image": Image.open(row["image"]).convert("RGB") if force_simple else row["image"]}
+        want = pipe.chat([{"role": "user", "content": [visual, {"type": "text", "text": row["question"]}]}],
                          max_new_tokens=3, temperature=0).text
         got = by_id[i]["filtered_resps"]
         got = got[0] if isinstance(got, list) else got
-        assert got == want
+        assert got == want, (i, got, want)
     assert "qwenvl_tiny" in r.stdout and "exact_match" in r.stdout   # lmms-eval's results table
