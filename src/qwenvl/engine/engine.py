@@ -23,7 +23,7 @@ import torch
 from ..model import QwenVL
 from ..model.layers import compute_dtype
 from ..model.rope import decode_positions, mrope_positions
-from .native_decode import NativeDecoder
+from ..fast.native_decode import NativeDecoder
 from .prefix_cache import PrefixCache, block_keys, media_items
 from .logprobs import token_logprob
 from .sampling import SamplingParams, make_generator, process_logits, sample

@@ -3,13 +3,15 @@
  * y[m, n] = sum_k x[m, k] * W[n, k] for a few rows m, float32 activations and accumulation, with W
  * stored as bfloat16 or as int8 with one float32 scale per output channel n. Decoding is bound by
  * reading W, and aten's kernels for these two formats are compute-bound on AVX2 (they run well below
- * the memory bandwidth on 2 cores); these stay close to it. Built and loaded by qwenvl/kernels/__init__.py.
+ * the memory bandwidth on 2 cores); these stay close to it. Built and loaded by qwenvl/fast/cpu/__init__.py.
  *
  * Each thread takes blocks of 4 output channels. Also: the decoder's SwiGLU activation, GQA attention on
  * a bfloat16 KV cache and RMSNorm, each one call instead of several small aten ops per token.
  */
 #include <immintrin.h>
 #include <stdint.h>
+
+#include "qwenvl_cpu.h"
 
 static inline float hsum(__m256 v) {
     __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -128,7 +130,7 @@ void qwenvl_gemv_int8(const float* x, const int8_t* q, const float* scale, const
     }
 }
 
-/* The int8 product on weights packed in blocks of 4 rows (kernels.pack_int8): block b holds rows 4b..4b+3
+/* The int8 product on weights packed in blocks of 4 rows (cpu.pack_int8): block b holds rows 4b..4b+3
  * as [K / 16][4][16], so that each 64-byte line carries 16 columns of all 4 rows and each thread reads one
  * sequential stream; a software prefetch 1 KB ahead. +10-20% over the row-major kernel on 2 EPYC cores.
  * N % 4 == 0, K % 16 == 0. */

@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qwenvl_cpu.h"
+
 #define MR 6
 #define NR 16
 #define KC_MAX 256
@@ -80,7 +82,7 @@ static inline void kernel(long kc, const float* a, long lda, const float* b, flo
             c[i * ldc + j] = (first ? (bias ? bias[j] : 0.0f) : c[i * ldc + j]) + tile[i][j];
 }
 
-/* how W is stored: float32 or bfloat16 [N, K]; int8 [N, K] or packed by kernels.pack_int8, times scale[n] */
+/* how W is stored: float32 or bfloat16 [N, K]; int8 [N, K] or packed by cpu.pack_int8, times scale[n] */
 enum { W_F32 = 0, W_BF16 = 1, W_INT8 = 2, W_INT8_PACKED = 3 };
 
 /* W rows [n0, n0 + NR) (output columns) x K slice [p0, p0 + kc) -> one panel [kc][NR] float32, zero-padded */

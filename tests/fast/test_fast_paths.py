@@ -1,7 +1,8 @@
-"""Each fast path computes what the plain reference path computes.
+"""Each fast path computes what the plain reference path (qwenvl/model) computes.
 
 - window attention batched by window length == one attention call per window (a Python loop);
-- mixed precision (bf16 weights, float32 activations) == the same bf16 weights upcast to a float32 model;
+- mixed precision (bf16 weights, float32 activations) == the same bf16 weights upcast to a float32 model,
+  for the reference layers and for the fast ones (fast/layers.py);
 - weight-only int8 == dequantized weights in a float Linear, and the whole model within a stated tolerance;
 - memory-mapped loading == safetensors' reader;
 - single-query (decode) attention == SDPA; decoding rows that are not consecutive cache slots == one by one;
@@ -17,8 +18,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qwenvl.engine.quantize import Int8Linear, quantize_int8, quantized_copy, quantize_weight
-from qwenvl import kernels
+from qwenvl import fast
+from qwenvl.fast import cpu
+from qwenvl.fast import layers as fast_layers
+from qwenvl.fast.int8 import Int8Linear, quantize_int8, quantized_copy, quantize_weight
+from qwenvl.fast.layers import FastLinear
 from qwenvl.model import layers, vision
 from qwenvl.model.layers import Linear
 from qwenvl.model.vision import Segments, segment_attention, vision_layout
@@ -70,21 +74,25 @@ def test_mixed_precision_linear_equals_upcast_weights():
     lin = Linear(32, 24).to(torch.bfloat16)
     ref = torch.nn.Linear(32, 24)
     ref.load_state_dict({k: v.float() for k, v in lin.state_dict().items()})
-    for rows in (1, 40):  # below and above UPCAST_MIN_ROWS
+    fast_lin = fast_layers.swap_classes(copy.deepcopy(lin), {Linear: FastLinear})
+    assert type(fast_lin) is FastLinear and type(lin) is Linear
+    for rows in (1, 40, 3000):  # decoding rows, the blocked upcast, the plain upcast
         x = torch.randn(rows, 32)
-        got = lin(x)
-        assert got.dtype == torch.float32
-        if rows >= layers.UPCAST_MIN_ROWS:
-            assert torch.allclose(got, ref(x), atol=1e-5)
+        with torch.no_grad():
+            plain, got = lin(x), fast_lin(x)
+        assert got.dtype == plain.dtype == torch.float32
+        torch.testing.assert_close(plain, ref(x), rtol=1e-6, atol=1e-6)  # the reference casts the weights up
+        if rows >= fast_layers.UPCAST_MIN_ROWS:
+            torch.testing.assert_close(got, ref(x), rtol=1e-5, atol=1e-5)
         else:  # the input is rounded to bf16 for the matrix-vector product
             assert torch.allclose(got, ref(x.bfloat16().float()), atol=2e-2)
+            assert not torch.equal(got, plain)
 
 
 def test_mixed_precision_model_equals_float32_copy(cfg, monkeypatch):
     """Force the CPU-without-bf16 policy: a bf16 model computing in float32 == its float32 copy (tower exactly,
     decoder up to the bf16 KV cache and the bf16 rounding of the tower's output)."""
     from qwenvl.model.weights import random_model
-    monkeypatch.setattr(layers, "compute_dtype", lambda dtype, device: torch.float32)
     import qwenvl.model.text as text
     import qwenvl.model.vision as vision
     monkeypatch.setattr(text, "compute_dtype", lambda dtype, device: torch.float32)
@@ -102,10 +110,23 @@ def test_mixed_precision_model_equals_float32_copy(cfg, monkeypatch):
     assert float((la - lb).norm() / lb.norm()) < 1e-5
 
 
-def test_compute_dtype_policy():
+@pytest.mark.parametrize("native", [True, False])
+def test_compute_dtype_policy(native, monkeypatch):
+    """Half-precision weights compute in float32 exactly on a CPU without half-precision matrix instructions,
+    and the decoder's activations follow: a bf16 model's hidden states come out in that dtype."""
+    from qwenvl.model.weights import random_model
+    monkeypatch.setattr(layers, "_cpu_has_native", lambda dtype: native)
+    half = torch.bfloat16 if native else torch.float32
+    assert layers.compute_dtype(torch.bfloat16, "cpu") == half
+    assert layers.compute_dtype(torch.float16, torch.device("cpu")) == (torch.float16 if native else torch.float32)
     assert layers.compute_dtype(torch.float32, "cpu") == torch.float32
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert layers.compute_dtype(torch.bfloat16, "cpu") == (torch.bfloat16 if native else torch.float32)
+    assert layers.compute_dtype(torch.bfloat16, "meta") == torch.bfloat16  # other devices: storage = compute
+    tok_cfg = tiny_config(token_ids(build_tokenizer()), vocab_size=600)
+    model = random_model(tok_cfg, torch.bfloat16, seed=0)
+    with torch.no_grad():
+        hidden = model.language_model(model.language_model.embed_tokens(torch.tensor([[1, 2, 3]])),
+                                      torch.arange(3).view(1, 1, 3).expand(3, 1, 3))
+    assert hidden.dtype == half
 
 
 def test_int8_linear_equals_dequantized_weights():
@@ -156,17 +177,39 @@ def test_quantized_copy_shares_the_rest_and_leaves_the_original(cfg):
     assert q.language_model.norm.weight is model.language_model.norm.weight
 
 
-def test_engine_runs_quantized(cfg):
+@pytest.mark.parametrize("quantize,top1", [("int8", 0.9), ("int4", 0.6)])  # int4's larger error on tiny margins
+def test_engine_runs_quantized(cfg, quantize, top1):
+    """Greedy decoding of a prepared int8 / int4 model, through the engine (native decode step where it
+    builds), agrees with the float model's on most tokens and with the quantized model's own forward on all."""
     from qwenvl.engine.engine import Engine, Sequence
     from qwenvl.engine.sampling import SamplingParams
     from qwenvl.model.weights import random_model
-    model = quantize_int8(random_model(cfg, torch.bfloat16, seed=2))
-    engine = Engine(model, max_batch=2, max_len=64)
-    seq = Sequence(prompt_ids=list(range(10)), params=SamplingParams(max_new_tokens=4, temperature=0, ignore_eos=True))
-    engine.add(seq)
-    while not seq.finished:
-        engine.step()
-    assert len(seq.output_ids) == 4
+    float_model = random_model(cfg, torch.bfloat16, seed=2)
+    model = fast.prepare(copy.deepcopy(float_model), quantize)
+    prompt, n = list(range(10, 30)), 8
+
+    def greedy(m, use_engine):
+        if use_engine:
+            engine = Engine(m, max_batch=2, max_len=64)
+            seq = Sequence(prompt_ids=prompt, params=SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True))
+            engine.add(seq)
+            while not seq.finished:
+                engine.step()
+            return seq.output_ids
+        ids = list(prompt)
+        with torch.no_grad():
+            for _ in range(n):
+                ids.append(int(m(torch.tensor([ids])).logits[0, -1].argmax()))
+        return ids[len(prompt):]
+
+    got, own, ref = greedy(model, True), greedy(model, False), greedy(float_model, False)
+    assert len(got) == n
+    assert got[:4] == own[:4]  # the engine's cached steps == the quantized model's own forward
+    assert got[:2] == ref[:2]  # quantization error is small against the float model's margins
+    with torch.no_grad():  # top-1 over the prompt's positions: quantization moves few argmaxes
+        a = float_model(torch.tensor([prompt])).logits[0].argmax(-1)
+        b = model(torch.tensor([prompt])).logits[0].argmax(-1)
+    assert float((a == b).float().mean()) >= top1
 
 
 def test_mapped_loading_equals_safetensors(cfg, tmp_path):
@@ -228,15 +271,19 @@ def test_decoding_scattered_cache_rows_equals_one_by_one(cfg, third):
 
 
 def test_fused_projections_equal_separate(cfg, tmp_path):
-    from qwenvl.model.fuse import fuse_projections
+    from qwenvl.fast.fuse import fuse_projections
+    from qwenvl.fast.layers import FusedAttention, FusedSwiGLU
     from qwenvl.model.weights import load_model, random_model, save_model
     ref = random_model(cfg, torch.float32, seed=4)
     save_model(ref, tmp_path / "ref")
     fused = fuse_projections(load_model(tmp_path / "ref"))
     attn, mlp = fused.language_model.layers[0].self_attn, fused.language_model.layers[0].mlp
-    assert attn.qkv_proj is not None and mlp.gate_up_proj is not None
+    assert isinstance(attn, FusedAttention) and isinstance(mlp, FusedSwiGLU)
     assert not hasattr(attn, "q_proj") and not hasattr(mlp, "up_proj")
-    assert all(b.mlp.gate_up_proj is not None and not hasattr(b.mlp, "gate_proj") for b in fused.visual.blocks)
+    assert all(isinstance(b.mlp, FusedSwiGLU) and not hasattr(b.mlp, "gate_proj") for b in fused.visual.blocks)
+    # the state dict keeps the checkpoint's names, and loads back
+    assert fused.state_dict().keys() == ref.state_dict().keys()
+    fused.load_state_dict(ref.state_dict())
     ids = torch.randint(0, 500, (2, 19))
     grid = torch.tensor([[2, 4, 6]])
     px = torch.randn(48, cfg.vision.patch_dim)
@@ -294,12 +341,39 @@ def test_quantized_tower_within_tolerance(cfg):
 @pytest.mark.parametrize("bias", [True, False])
 def test_blocked_upcast_equals_plain_upcast(bias, monkeypatch):
     """Inference with 16..2047 rows casts the bf16 weights block by block: same result as casting it whole."""
-    monkeypatch.setattr(layers, "BLOCK_BYTES", 7 * 48 * 4)  # 7 output rows per block: 5 blocks, a short last one
-    monkeypatch.setattr(kernels, "gemm_preferred", lambda: False)  # where the native GEMM is not preferred
-    lin = Linear(48, 33, bias=bias).to(torch.bfloat16)
+    monkeypatch.setattr(fast_layers, "BLOCK_BYTES", 7 * 48 * 4)  # 7 output rows per block: 5 blocks, a short last one
+    calls = []
+    real = fast_layers.blocked_upcast_linear
+    monkeypatch.setattr(fast_layers, "blocked_upcast_linear", lambda *a: calls.append(1) or real(*a))
+    lin = fast_layers.swap_classes(Linear(48, 33, bias=bias).to(torch.bfloat16), {Linear: FastLinear})
     x = torch.randn(2, 20, 48)
     plain = F.linear(x, lin.weight.float(), None if lin.bias is None else lin.bias.float())
     with torch.no_grad():
         got = lin(x)
-    assert got.shape == (2, 20, 33)
+    assert calls and got.shape == (2, 20, 33)
     torch.testing.assert_close(got, plain, rtol=1e-6, atol=1e-6)
+
+
+def test_prepared_model_equals_reference(cfg):
+    """All the inference transforms together (fusion, fast layers, native kernels where they build) compute what
+    the plain model computes, for the tower and for cached decoding."""
+    from qwenvl.engine.engine import Engine, Sequence
+    from qwenvl.engine.sampling import SamplingParams
+    from qwenvl.model.weights import random_model
+    ref = random_model(cfg, torch.float32, seed=8)
+    prepared = fast.prepare(copy.deepcopy(ref))
+    assert type(ref.language_model.layers[0].self_attn.q_proj) is Linear  # the reference stays plain
+    grid, px = torch.tensor([[1, 8, 12]]), torch.randn(96, cfg.vision.patch_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(prepared.visual(px, grid), ref.visual(px, grid), rtol=1e-4, atol=1e-5)
+    outs = []
+    for m in (ref, prepared):
+        engine = Engine(m, max_batch=1, max_len=64)
+        seq = Sequence(prompt_ids=list(range(3, 19)), params=SamplingParams(max_new_tokens=6, temperature=0,
+                                                                           ignore_eos=True))
+        engine.add(seq)
+        while not seq.finished:
+            engine.step()
+        outs.append(seq.output_ids)
+    assert outs[0] == outs[1]
+    assert prepared.state_dict().keys() == ref.state_dict().keys()
