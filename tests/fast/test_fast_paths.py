@@ -377,3 +377,15 @@ def test_prepared_model_equals_reference(cfg):
         outs.append(seq.output_ids)
     assert outs[0] == outs[1]
     assert prepared.state_dict().keys() == ref.state_dict().keys()
+
+
+@pytest.mark.parametrize("quantize", [None, "int8", "int4"])
+def test_state_dicts_are_the_same_with_kernels_on_and_off(cfg, quantize):
+    from qwenvl.model.weights import random_model
+    base = random_model(cfg, torch.bfloat16, seed=9)
+    on, off = (fast.prepare(copy.deepcopy(base), quantize, native=n) for n in (True, False))
+    a, b = on.state_dict(), off.state_dict()
+    assert a.keys() == b.keys()
+    assert all(a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    if quantize is None:
+        assert a.keys() == base.state_dict().keys()
