@@ -75,7 +75,7 @@ class Prefill:
 
 class Engine:
     """Decode steps go through `NativeDecoder`: all decoder layers in one native call on CPUs where
-    qwenvl.kernels builds, the model's layers elsewhere. `compile=True` instead runs them through
+    the native kernels build (qwenvl.fast), the model's layers elsewhere. `compile=True` instead runs them through
     `torch.compile` of the decoder (dynamic shapes: one graph for every cache length). Prefill stays eager:
     its lengths vary per prompt and its time is in GEMMs. Compiling takes tens of seconds on the first
     step; on 2 EPYC cores it gave no speedup (the step's time is in weight reads), so it is off by default.
