@@ -70,8 +70,8 @@ class MatvecProbe:
 
     It reads `count` distinct matrices in turn, as decoding reads each layer's weights once per token:
     together they are far larger than the CPU's last-level cache (4 x 90 MB in bf16), so no call finds
-    its matrix still cached from the previous one, which a single re-read matrix can (3-5% faster on a
-    32 MB-L3 EPYC). Kept allocated so that it can be re-measured between decode steps (a shared
+    its matrix still cached from the previous one, which a single re-read matrix can
+    (docs/benchmarks.md). Kept allocated so that it can be re-measured between decode steps (a shared
     machine's bandwidth drifts).
 
     Two products over the same matrices: aten's (F.linear in the weights' dtype, or its int8 weight-only

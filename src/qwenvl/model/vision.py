@@ -109,7 +109,7 @@ def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment
         return _attend_run(q, k, v, *segments.runs[0][1:])
     out = torch.empty_like(q)
     if len(segments.runs) <= MAX_RUNS:
-        # a run is a contiguous block of rows: no gather and scatter of q/k/v (3-6% of a 3B tower's time on a CPU)
+        # a run is a contiguous block of rows: no gather and scatter of q/k/v
         for start, count, length in segments.runs:
             end = start + count * length
             out[start:end] = _attend_run(q[start:end], k[start:end], v[start:end], count, length)
