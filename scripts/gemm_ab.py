@@ -64,21 +64,22 @@ def contenders(x: torch.Tensor, w: torch.Tensor) -> dict:
            .to_dense(), "openblas": openblas,
            "mkl_bf16w": lambda: blocked_upcast_linear(x, w_bf16, None),
            "onednn_bf16w": lambda: torch._C._nn.mkldnn_linear(x.to_mkldnn(), w_bf16.float().to_mkldnn(), None)
-           .to_dense()}
+           .to_dense(),
+           "onednn_reorder": lambda: torch._C._nn.mkldnn_linear(x.to_mkldnn(), w.to_mkldnn(), None).to_dense()}
     if cpu.available():
         out["native"] = lambda: cpu.gemm(x, w)
         out["native_bf16w"] = lambda: cpu.gemm(x, w_bf16)
     return out
 
 
-def run(rows: int, rounds: int, pause: float) -> dict:
+def run(rows: int, rounds: int, pause: float, only: list[str] | None = None) -> dict:
     if threadpool_limits is None:
         raise SystemExit("pip install threadpoolctl (the A/B limits OpenBLAS's threads with it)")
     g = torch.Generator().manual_seed(0)
     result = {"rows": rows, "rounds": rounds, "threads": torch.get_num_threads(), "shapes": {}}
     for name, (K, N) in shapes().items():
         x, w = torch.randn(rows, K, generator=g), torch.randn(N, K, generator=g) * 0.02
-        fns = contenders(x, w)
+        fns = {k: f for k, f in contenders(x, w).items() if not only or k in only}
         ref = x.double() @ w.double().t()
         for f in fns.values():  # warm-up, and every contender computes the product
             y = torch.as_tensor(f()).double()
@@ -104,8 +105,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--pause", type=float, default=0.1, help="seconds after each call (spinning threads settle)")
     p.add_argument("--json", help="write the figures (GFLOP/s, medians) here")
+    p.add_argument("--only", help="comma-separated contenders to run (default all)")
     args = p.parse_args()
-    result = run(args.rows, args.rounds, args.pause)
+    result = run(args.rows, args.rounds, args.pause, args.only.split(",") if args.only else None)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -135,22 +135,29 @@ def engine_layers(module: torch.nn.Module) -> torch.nn.Module:
     return use_native_kernels(use_fast_layers(module))
 
 
-def fma_peak_gflops(device: torch.device, seconds: float = 0.05, repeats: int = 5) -> float | None:
-    """Peak FMA GFLOP/s of this CPU's cores at torch's thread count (the best of `repeats` runs of ~`seconds`);
-    None where the native kernels (which hold the probe) are not built, or off the CPU."""
+def fma_peak_gflops(device: torch.device, seconds: float = 0.2, repeats: int = 3) -> float | None:
+    """Peak FMA GFLOP/s of the cores at torch's thread count, from fast/cpu/peak.c's loop: the best of `repeats`
+    runs of ~`seconds`, each rated two ways, per thread over the CPU time it got (another tenant's share of
+    the cores then lowers the kernels' wall-clock rates, not this limit) and over the wall time (which a
+    VM's steal time cannot inflate). Both are lower bounds of what the cores do; this is the larger. None
+    where the native kernels (which hold the probe) are not built, or off the CPU."""
     from ..fast import cpu
     if device.type != "cpu" or not cpu.available():
         return None
     iters = 1 << 16
-    while True:  # size the run to ~`seconds`
-        t0 = time.perf_counter()
-        flops = cpu.fma_flops(iters)
-        dt = time.perf_counter() - t0
-        if dt >= seconds / 4 or iters > 1 << 32:
+    while True:  # size the run to ~`seconds` of CPU time per thread
+        rate = cpu.fma_rate(iters) / max(1, torch.get_num_threads())
+        if iters * 192 / rate >= seconds / 4 or iters > 1 << 32:
             break
         iters *= 4
-    iters = max(1, int(iters * seconds / dt))
-    return max(cpu.fma_flops(iters) / t / 1e9 for t in run_times(lambda: cpu.fma_flops(iters), device, repeats))
+    iters = max(1, int(seconds * rate / 192))
+    best = 0.0
+    for _ in range(repeats):
+        by_cpu_time = cpu.fma_rate(iters)
+        t0 = time.perf_counter()
+        by_wall_time = cpu.fma_flops(iters) / (time.perf_counter() - t0)
+        best = max(best, by_cpu_time, by_wall_time)
+    return best / 1e9
 
 
 def memory_read_gbs(device: torch.device, nbytes: int = 4 * 90 << 20, count: int = 4) -> float:

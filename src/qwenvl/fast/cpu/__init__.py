@@ -397,3 +397,8 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 def fma_flops(iters: int) -> float:
     """Floating-point operations done by `iters` rounds of 12 independent 8-wide FMAs on every thread (peak.c)."""
     return _library().qwenvl_fma_flops(int(iters))
+
+
+def fma_rate(iters: int) -> float:
+    """FLOP/s of the same loop: per thread, its operations over the CPU time it got, summed over the threads."""
+    return _library().qwenvl_fma_rate(int(iters))

@@ -5,6 +5,7 @@
  */
 #include <immintrin.h>
 #include <omp.h>
+#include <time.h>
 
 #include "qwenvl_cpu.h"
 
@@ -15,10 +16,17 @@
 #define STEP(i) a##i = _mm256_fmadd_ps(a##i, m, c);
 #define SUM(i) s = _mm256_add_ps(s, a##i);
 
-double qwenvl_fma_flops(long iters) {
+static double thread_cpu_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+static double fma_run(long iters, int rate) {
     double total = 0;
 #pragma omp parallel reduction(+ : total)
     {
+        double t0 = thread_cpu_seconds();
         const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
         FMA12(DECLARE)
         for (long it = 0; it < iters; it++) {
@@ -29,7 +37,13 @@ double qwenvl_fma_flops(long iters) {
         float sink[8];
         _mm256_storeu_ps(sink, s);
         /* the result is used, so the loop is not optimised away */
-        total += (double)iters * 12 * 8 * 2 + (sink[0] == 12345.0f);
+        double flops = (double)iters * 12 * 8 * 2 + (sink[0] == 12345.0f);
+        double dt = thread_cpu_seconds() - t0;
+        total += rate ? (dt > 0 ? flops / dt : 0) : flops;
     }
     return total;
 }
+
+double qwenvl_fma_flops(long iters) { return fma_run(iters, 0); }
+
+double qwenvl_fma_rate(long iters) { return fma_run(iters, 1); }
