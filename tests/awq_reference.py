@@ -1,4 +1,4 @@
-"""AutoAWQ's GEMM checkpoint layout written from the format's definition, independently of qwenvl.engine.awq:
+"""AutoAWQ's GEMM checkpoint layout written from the format's definition, independently of qwenvl.fast.awq:
 packing, naive per-element unpacking and dequantization, and tiny AWQ checkpoints made from a float one.
 
 Definition (AutoAWQ WQLinear_GEMM, 4 bits): for a Linear [N out, K in] and group size g, with integer

@@ -127,7 +127,7 @@ def test_missing_directory(tmp_path):
 
 
 def test_int8_pipeline_close_to_float(tiny_ckpt, pipe):
-    from qwenvl.engine.quantize import Int8Linear
+    from qwenvl.fast.int8 import Int8Linear
     q = qwenvl.load(tiny_ckpt, dtype="float32", quantize="int8")
     assert isinstance(q.model.lm_head, Int8Linear)
     msgs = [{"role": "user", "content": "hello there"}]

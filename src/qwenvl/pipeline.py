@@ -236,16 +236,15 @@ def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "
     """Load a Qwen2.5-VL checkpoint directory (or hub id) into a Pipeline.
 
     The model is prepared for inference: the decoder's q/k/v and gate/up projections are fused
-    (model/fuse.py), and with quantize="int8" the decoder and LM head get weight-only int8
-    (engine/quantize.py), with quantize="int4" group-wise 4-bit weights (engine/int4.py; AWQ checkpoints
+    (fast/fuse.py), and with quantize="int8" the decoder and LM head get weight-only int8
+    (fast/int8.py), with quantize="int4" group-wise 4-bit weights (fast/int4.py; AWQ checkpoints
     are 4-bit already and load so without it). compile=True runs decode steps through torch.compile
     (engine.Engine). check_weights=False (or QWENVL_CHECK_WEIGHTS=0) skips the NaN/inf pass over the
     weights on load. adapter: a peft LoRA directory (adapter_config.json + adapter_model.safetensors,
     transformers module names, as `qwenvl train --lora` writes) folded into the weights at load
     (model/lora.py).
     For training, load the model with `qwenvl.model.weights.load_model`."""
-    from .engine.quantize import quantize_int8
-    from .model.fuse import fuse_projections
+    from .fast import load_checkpoint, prepare
     from .processing import Processor
 
     if quantize not in (None, "int8", "int4"):
@@ -256,16 +255,11 @@ def load(path: str | Path, dtype: str | torch.dtype = "float32", device: str = "
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
-    model = load_model(path, dtype=dtype, device=device, check_weights=check_weights)
+    model = load_checkpoint(path, dtype=dtype, device=device, check_weights=check_weights)
     if adapter is not None:
         from .model.lora import apply_adapter
         apply_adapter(model, adapter)
-    model = fuse_projections(model)
-    if quantize == "int8":
-        quantize_int8(model)
-    elif quantize == "int4":
-        from .engine.int4 import quantize_int4
-        quantize_int4(model)
+    model = prepare(model, quantize)
     processor = Processor.from_pretrained(path, max_length=model.config.text.max_position_embeddings)
     check_processor(path, processor.spec, model.config)
     gen_path = path / "generation_config.json"

@@ -20,8 +20,8 @@ def test_parse_llama_bench_output():
 
 
 def test_skipped_cleanly_without_llamacpp(monkeypatch, tmp_path, capsys):
-    from qwenvl import kernels
-    kernels.available()  # built (or not) with the real PATH first: the empty PATH below hides the C compiler
+    from qwenvl.fast import cpu
+    cpu.available()  # built (or not) with the real PATH first: the empty PATH below hides the C compiler
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     tools, why = find_llamacpp()

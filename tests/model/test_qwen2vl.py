@@ -200,10 +200,11 @@ def test_tied_embeddings(tmp_path):
 def test_awq_qwen2vl_checkpoint(ckpt, hf, tmp_path):
     """Qwen2-VL-*-AWQ: the same 4-bit loading; logits match the float model the AWQ tensors define."""
     from awq_reference import make_awq_checkpoint
-    from qwenvl.engine.int4 import Int4Linear
+    from qwenvl.fast.int4 import Int4Linear
     from qwenvl.model.weights import their_key
     dequantized = make_awq_checkpoint(ckpt, tmp_path / "awq", group_size=64)
-    quant = load_model(tmp_path / "awq")
+    from qwenvl.fast import load_checkpoint
+    quant = load_checkpoint(tmp_path / "awq")
     assert isinstance(quant.visual, Qwen2VisionTransformer)
     assert isinstance(quant.language_model.layers[0].mlp.down_proj, Int4Linear)
     ref = load_model(ckpt)

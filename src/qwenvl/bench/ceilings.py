@@ -1,6 +1,13 @@
-"""The machine's own ceilings: dense matmul GFLOP/s (bf16, fp32), memory read GB/s and matrix-vector GB/s
-(the bound on decoding: every weight is read once per token). Each product is measured as aten runs it and
-as the engine's layers run it; the ceiling is the faster."""
+"""The machine's ceilings, and the engine's best kernels beside them.
+
+Physical ceilings, measured here: `memory_read_gbs`, a plain streaming read (a sum over vectors far larger
+than the last-level cache: what the memory delivers), the bound on decoding, which reads every weight once
+per token; and `fma_peak_gflops`, the cores' peak FMA throughput (fast/cpu/peak.c: independent FMA chains
+on every thread, nothing read from memory), the bound on the tower and prefill.
+
+Kernels, each measured as aten runs it and as the engine's layers run it: dense matmul GFLOP/s (bf16, fp32)
+and matrix-vector GB/s (bf16, fp32, int8). `<fmt>_matmul_gflops` and `<fmt>_matvec_gbs` are the faster of
+the two: the best this software does, not a limit of the machine."""
 
 from __future__ import annotations
 
@@ -9,6 +16,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ..fast.layers import use_fast_layers
+from ..fast.native import use_native_kernels
 from ..model.layers import Linear, compute_dtype
 
 
@@ -41,13 +50,14 @@ def matmul_gflops(dtype: torch.dtype, device: torch.device, m: int = 2048, k: in
                   ) -> dict[str, float]:
     """A GEMM of the vision tower's MLP shape (rows x 1280 -> 3420), by two products: aten's (F.linear in
     `dtype`) and the one the engine's layers run (`Linear` with `dtype` weights on activations in the compute
-    dtype: float32 on a CPU without bf16 matrix instructions, through qwenvl.kernels' GEMM where preferred)."""
+    dtype: float32 on a CPU without bf16 matrix instructions, through the native GEMM where preferred)."""
     if device.type == "cuda":
         m, k, n = 8192, 4096, 4096
     g = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(m, k, generator=g).to(device, dtype)
     layer = Linear(k, n, bias=False, device="meta")
     layer.weight = torch.nn.Parameter(torch.randn(n, k, generator=g).to(device, dtype), requires_grad=False)
+    layer = engine_layers(layer)
     a_compute = a.to(compute_dtype(dtype, device))
     with torch.inference_mode():
         times = {"aten": best_time(lambda: F.linear(a, layer.weight), device),
@@ -60,17 +70,17 @@ class MatvecProbe:
 
     It reads `count` distinct matrices in turn, as decoding reads each layer's weights once per token:
     together they are far larger than the CPU's last-level cache (4 x 90 MB in bf16), so no call finds
-    its matrix still cached from the previous one, which a single re-read matrix can (3-5% faster on a
-    32 MB-L3 EPYC). Kept allocated so that it can be re-measured between decode steps (a shared
+    its matrix still cached from the previous one, which a single re-read matrix can
+    (docs/benchmarks.md). Kept allocated so that it can be re-measured between decode steps (a shared
     machine's bandwidth drifts).
 
-    The ceiling is the faster of two products over the same matrices: aten's (F.linear in the weights'
-    dtype, or its int8 weight-only kernel) and the one the engine's layers run (`Linear` or `Int8Linear` on
-    activations in the compute dtype, which may be qwenvl.kernels' native product). `dtype` torch.int8
-    means per-channel int8 weights; their bytes are the int8 bytes."""
+    Two products over the same matrices: aten's (F.linear in the weights' dtype, or its int8 weight-only
+    kernel) and the one the engine's layers run (the layers `qwenvl.load` prepares, on activations in the
+    compute dtype, which may be the native product). `dtype` torch.int8 means per-channel int8 weights;
+    their bytes are the int8 bytes."""
 
     def __init__(self, dtype: torch.dtype, device: torch.device, n: int = 22016, k: int = 2048, count: int = 4):
-        from ..engine.quantize import _HAS_INT8PACK, Int8Linear, quantize_weight
+        from ..fast.int8 import _HAS_INT8PACK, Int8Linear, quantize_weight
         if device.type == "cuda":
             n, k = 4 * 18944, 3584
         self.device = device
@@ -87,6 +97,7 @@ class MatvecProbe:
                 layer = Linear(k, n, bias=False, device="meta")
                 layer.weight = torch.nn.Parameter(w.to(device, dtype), requires_grad=False)
                 self.layers.append(layer)
+        self.layers = list(engine_layers(torch.nn.ModuleList(self.layers)))
         self.products["engine"] = lambda i: self.layers[i](x_compute)
         if dtype != torch.int8:
             self.products["aten"] = lambda i: F.linear(x, self.layers[i].weight)
@@ -97,8 +108,8 @@ class MatvecProbe:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for m in self.layers
-                   for t in ([m.qweight] if hasattr(m, "qweight") else [m.weight]))
+        return sum(m.out_features * m.in_features if hasattr(m, "weight_int8") else m.weight.numel() *
+                   m.weight.element_size() for m in self.layers)
 
     def sweep_times(self, repeats: int = 10, min_time: float = 0.2) -> dict[str, list[float]]:
         """Seconds of each sweep over the matrices, per product."""
@@ -115,8 +126,38 @@ class MatvecProbe:
         return {name: self.nbytes / min(t) / 1e9 for name, t in self.sweep_times(repeats, min_time).items()}
 
     def __call__(self, repeats: int = 10, min_time: float = 0.2) -> float:
-        """The ceiling: the faster product's GB/s."""
+        """The faster product's GB/s."""
         return max(self.rates(repeats, min_time).values())
+
+
+def engine_layers(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` with the layers the engine runs (qwenvl.fast's transforms, as qwenvl.load applies them)."""
+    return use_native_kernels(use_fast_layers(module))
+
+
+def fma_peak_gflops(device: torch.device, seconds: float = 0.2, repeats: int = 3) -> float | None:
+    """Peak FMA GFLOP/s of the cores at torch's thread count, from fast/cpu/peak.c's loop: the best of `repeats`
+    runs of ~`seconds`, each rated two ways, per thread over the CPU time it got (another tenant's share of
+    the cores then lowers the kernels' wall-clock rates, not this limit) and over the wall time (which a
+    VM's steal time cannot inflate). Both are lower bounds of what the cores do; this is the larger. None
+    where the native kernels (which hold the probe) are not built, or off the CPU."""
+    from ..fast import cpu
+    if device.type != "cpu" or not cpu.available():
+        return None
+    iters = 1 << 16
+    while True:  # size the run to ~`seconds` of CPU time per thread
+        rate = cpu.fma_rate(iters) / max(1, torch.get_num_threads())
+        if iters * 192 / rate >= seconds / 4 or iters > 1 << 32:
+            break
+        iters *= 4
+    iters = max(1, int(seconds * rate / 192))
+    best = 0.0
+    for _ in range(repeats):
+        by_cpu_time = cpu.fma_rate(iters)
+        t0 = time.perf_counter()
+        by_wall_time = cpu.fma_flops(iters) / (time.perf_counter() - t0)
+        best = max(best, by_cpu_time, by_wall_time)
+    return best / 1e9
 
 
 def memory_read_gbs(device: torch.device, nbytes: int = 4 * 90 << 20, count: int = 4) -> float:
@@ -130,21 +171,24 @@ def memory_read_gbs(device: torch.device, nbytes: int = 4 * 90 << 20, count: int
 
 
 def measure(device: torch.device, progress=None) -> dict:
-    """Flat figures: `<fmt>_matmul_gflops` and `<fmt>_matvec_gbs` are the faster product's, `..._<product>`
-    each one's."""
+    """Flat figures: the physical ceilings (`memory_read_gbs`, `fma_peak_gflops`), then `<fmt>_matmul_gflops` and
+    `<fmt>_matvec_gbs`, the faster product's, and `..._<product>` each one's."""
     out = {}
+    if progress:
+        progress("ceiling: memory_read_gbs, fma_peak_gflops")
+    out["memory_read_gbs"] = round(memory_read_gbs(device), 2)
+    peak = fma_peak_gflops(device)
+    if peak is not None:
+        out["fma_peak_gflops"] = round(peak, 2)
     for fmt, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         if progress:
-            progress(f"ceiling: {fmt}_matmul_gflops")
+            progress(f"kernel: {fmt}_matmul_gflops")
         rates = matmul_gflops(dtype, device)
         out[f"{fmt}_matmul_gflops"] = round(max(rates.values()), 2)
         out.update({f"{fmt}_matmul_gflops_{k}": round(v, 2) for k, v in rates.items()})
-    if progress:
-        progress("ceiling: memory_read_gbs")
-    out["memory_read_gbs"] = round(memory_read_gbs(device), 2)
     for fmt, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32), ("int8", torch.int8)):
         if progress:
-            progress(f"ceiling: {fmt}_matvec_gbs")
+            progress(f"kernel: {fmt}_matvec_gbs")
         rates = MatvecProbe(dtype, device).rates()
         out[f"{fmt}_matvec_gbs"] = round(max(rates.values()), 2)
         out.update({f"{fmt}_matvec_gbs_{k}": round(v, 2) for k, v in rates.items()})

@@ -24,7 +24,7 @@ import torch
 from ..model import QwenVL
 from ..model.layers import compute_dtype
 from ..model.rope import decode_positions, mrope_positions
-from .native_decode import NativeDecoder
+from ..fast.native_decode import NativeDecoder
 from .prefix_cache import PrefixCache, block_keys, media_items
 from .logprobs import token_logprob
 from .sampling import SamplingParams, make_generator, process_logits, sample
@@ -76,7 +76,7 @@ class Prefill:
 
 class Engine:
     """Decode steps go through `NativeDecoder`: all decoder layers in one native call on CPUs where
-    qwenvl.kernels builds, the model's layers elsewhere. `compile=True` instead runs them through
+    the native kernels build (qwenvl.fast), the model's layers elsewhere. `compile=True` instead runs them through
     `torch.compile` of the decoder (dynamic shapes: one graph for every cache length). Prefill stays eager:
     its lengths vary per prompt and its time is in GEMMs. Compiling takes tens of seconds on the first
     step; on 2 EPYC cores it gave no speedup (the step's time is in weight reads), so it is off by default.

@@ -110,7 +110,7 @@ class QwenVL(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.language_model.embed_tokens.weight.device  # the LM head may be int8 (engine/quantize.py)
+        return self.language_model.embed_tokens.weight.device  # the LM head may be quantized (qwenvl.fast)
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         p = self.language_model.embed_tokens.weight

@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import kernels
 from ..config import TextConfig
-from .layers import Linear, RMSNorm, SwiGLU, apply_rope, compute_dtype
+from .layers import Linear, RMSNorm, SwiGLU, apply_rope, compute_dtype, rope_inv_freq
 from .rope import mrope_cos_sin
 
 
@@ -40,7 +39,7 @@ def as_rows(rows: torch.Tensor | None, batch_size: int) -> Rows:
 class Packed:
     """Segments laid end to end in one row (inputs [1, L], L = sum(lengths)): each attends causally to
     itself only. The same result as a block-diagonal causal mask, but each segment is its own causal
-    attention call: a masked [L, L] attention on the CPU costs ~15x more for rows of a few samples."""
+    attention call, where a masked [L, L] attention would spend most of its work on masked-out pairs."""
 
     lengths: tuple[int, ...]
 
@@ -52,21 +51,12 @@ def attend_packed(q, k, v, packed: Packed) -> torch.Tensor:
     return torch.cat(outs, dim=2)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Attention with an additive mask; GQA when k/v have fewer heads than q (never repeated in memory).
-
-    One query per row (decoding) on the CPU: two grouped matmuls, the query heads that share a key/value head
-    stacked as rows: measured 0.34 vs 0.53 ms per 3B layer at 1200 keys with SDPA's CPU kernel, which is
-    built for many queries. Softmax in float32, as SDPA accumulates."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | Packed) -> torch.Tensor:
+    """Attention with an additive mask (or packed segments); GQA when k/v have fewer heads than q (never
+    repeated in memory)."""
     if isinstance(mask, Packed):
         return attend_packed(q, k, v, mask)
-    B, Hq, L, D = q.shape
-    Hkv = k.shape[1]
-    if L == 1 and q.device.type == "cpu":
-        scores = torch.matmul(q.view(B, Hkv, Hq // Hkv, D), k.transpose(-1, -2)).mul_(D ** -0.5)
-        probs = scores.add_(mask).softmax(-1, dtype=torch.float32).to(v.dtype)  # mask [B, 1, 1, S] broadcasts
-        return torch.matmul(probs, v).view(B, Hq, 1, D)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=Hkv != Hq)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
 class KVCache:
@@ -105,6 +95,12 @@ class KVCache:
         self.k[layer].transpose(1, 2).index_put_((r, pos), k.transpose(1, 2).to(self.k.dtype))
         self.v[layer].transpose(1, 2).index_put_((r, pos), v.transpose(1, 2).to(self.v.dtype))
 
+    def read(self, layer: int, rows: Rows, length: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [B', Hkv, length, D] of `rows`, in `dtype` (a half-precision cache under float32
+        compute is cast up: layers.compute_dtype)."""
+        k, v = self.k[layer, rows, :, :length], self.v[layer, rows, :, :length]
+        return k.to(dtype), v.to(dtype)
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: TextConfig):
@@ -114,40 +110,22 @@ class Attention(nn.Module):
         self.k_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
         self.v_proj = Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=True)
         self.o_proj = Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
-        self.qkv_proj: Linear | None = None  # q/k/v in one, after model.fuse.fuse_projections (inference)
 
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """q, k, v as [B, heads, L, D], q and k rotated."""
         B, L, _ = x.shape
         Hq, Hkv, D = self.n_heads, self.n_kv, self.head_dim
-        if self.qkv_proj is None:
-            q = self.q_proj(x).view(B, L, Hq, D).transpose(1, 2)
-            k = self.k_proj(x).view(B, L, Hkv, D).transpose(1, 2)
-            v = self.v_proj(x).view(B, L, Hkv, D).transpose(1, 2)
-            return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
-        # fused: q and k are neighbouring heads of one output, rotated together
-        qkv = self.qkv_proj(x).view(B, L, Hq + 2 * Hkv, D).transpose(1, 2)
-        qk = apply_rope(qkv[:, :Hq + Hkv], cos, sin)
-        return qk[:, :Hq], qk[:, Hq:], qkv[:, Hq + Hkv:]
+        q = self.q_proj(x).view(B, L, Hq, D).transpose(1, 2)
+        k = self.k_proj(x).view(B, L, Hkv, D).transpose(1, 2)
+        v = self.v_proj(x).view(B, L, Hkv, D).transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, rows, start):
         B, L, _ = x.shape
-        D = self.head_dim
         q, k, v = self.project(x, cos, sin)
         if cache is not None:
             cache.write(layer, k, v, rows, start)
-            if L == 1 and cache.k.dtype == torch.bfloat16 and D % 8 == 0 and kernels.applies(q, cache.k):
-                # decoding under float32 compute: read the bf16 cache as it is (no float32 copy of it)
-                if isinstance(rows, slice):  # consecutive rows: a contiguous block of the cache
-                    k, v, idx = cache.k[layer, rows], cache.v[layer, rows], None
-                else:
-                    k, v, idx = cache.k[layer], cache.v[layer], rows
-                o = kernels.attend_bf16(q, k, v, idx, mask.expand(B, 1, 1, -1))
-                return self.o_proj(o.view(B, 1, -1))
-            S = mask.shape[-1]
-            k, v = cache.k[layer, rows, :, :S], cache.v[layer, rows, :, :S]
-            if k.dtype != q.dtype:  # a half-precision cache under float32 compute (layers.compute_dtype)
-                k, v = k.to(q.dtype), v.to(q.dtype)
+            k, v = cache.read(layer, rows, mask.shape[-1], q.dtype)
         o = attend(q, k, v, mask)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, -1))
 
@@ -172,9 +150,7 @@ class TextModel(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        D = cfg.head_dim
-        self.register_buffer("inv_freq", 1.0 / (cfg.rope_theta ** (torch.arange(0, D, 2, dtype=torch.float) / D)),
-                             persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
 
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import VisionConfig
 from .layers import ACTIVATIONS, Linear
-from .vision import Layout, PatchEmbed, VisionAttention, VisionTransformer, vision_layout
+from .vision import Layout, PatchEmbed, VisionAttention, VisionTransformer, vision_inv_freq, vision_layout
 
 # window side (merged units) that no grid reaches: one window per frame
 WHOLE_FRAME = 1 << 30
@@ -80,9 +80,7 @@ class Qwen2VisionTransformer(VisionTransformer):
         self.patch_embed = PatchEmbed(cfg)
         self.blocks = nn.ModuleList(Qwen2VisionBlock(cfg) for _ in range(cfg.depth))
         self.merger = Qwen2PatchMerger(cfg)
-        rot_dim = cfg.head_dim // 2
-        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, rot_dim, 2, dtype=torch.float) / rot_dim)),
-                             persistent=False)
+        self.register_buffer("inv_freq", vision_inv_freq(cfg), persistent=False)
 
     def layout(self, grid_thw: torch.Tensor) -> Layout:
         merge = self.cfg.spatial_merge_size

@@ -15,9 +15,10 @@ import torch
 
 from ..config import QwenVLConfig
 from ..errors import CheckpointError
-from .fuse import unfuse_state_dict
+from .layers import rope_inv_freq
 from .mapped import MappedSafetensors, read_header
 from .qwen25vl import QwenVL
+from .vision import vision_inv_freq
 
 # checkpoint prefix -> our module prefix; the first match wins, so the longer (newer) prefixes come first
 PREFIXES = (
@@ -80,6 +81,13 @@ def all_finite(t: torch.Tensor, chunk: int = 1 << 24) -> bool:
     return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
 
+def is_quantized(path: Path) -> bool:
+    try:
+        return bool(json.loads((path / "config.json").read_text()).get("quantization_config"))
+    except (OSError, ValueError, AttributeError):
+        return False  # QwenVLConfig.from_file reports an unreadable config
+
+
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                config: QwenVLConfig | None = None, check_weights: bool | None = None) -> QwenVL:
     """Every fault of the checkpoint is a CheckpointError (a ValueError) naming the file and the tensor:
@@ -91,9 +99,9 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
         raise FileNotFoundError(f"{path} is not a directory (expected a Hugging Face checkpoint folder)")
     check = check_weights_default() if check_weights is None else check_weights
     config = config or QwenVLConfig.from_file(path)
-    from ..engine.awq import load_awq_model, read_quantization
-    if (quant := read_quantization(path)) is not None:  # AWQ: the 4-bit weights stay 4-bit (engine/awq.py)
-        return load_awq_model(path, config, dtype, device, quant)
+    if is_quantized(path):
+        raise CheckpointError(f"{path}: a quantized checkpoint (config.json quantization_config); load it with "
+                              "qwenvl.load or qwenvl.fast.load_checkpoint, which keep its 4-bit weights")
     files = weight_files(path)
 
     with torch.device("meta"):
@@ -154,12 +162,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str
 
 def init_buffers(model: QwenVL, device) -> None:
     """Non-persistent buffers (RoPE inverse frequencies) are not in checkpoints: compute them for real."""
-    cfg = model.config
-    rot = cfg.vision.head_dim // 2
-    model.visual.inv_freq = 1.0 / (10000 ** (torch.arange(0, rot, 2, dtype=torch.float, device=device) / rot))
-    D = cfg.text.head_dim
-    model.language_model.inv_freq = 1.0 / (
-        cfg.text.rope_theta ** (torch.arange(0, D, 2, dtype=torch.float, device=device) / D))
+    model.visual.inv_freq = vision_inv_freq(model.config.vision, device)
+    model.language_model.inv_freq = rope_inv_freq(model.config.text.head_dim, model.config.text.rope_theta, device)
 
 
 def random_model(config: QwenVLConfig, dtype: torch.dtype = torch.float32, seed: int = 0,
@@ -192,7 +196,7 @@ def save_model(model: QwenVL, path: str | Path, max_shard_bytes: int = 2 * 1024*
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {}
-    for key, t in unfuse_state_dict(model, model.state_dict()).items():
+    for key, t in model.state_dict().items():
         if model.config.text.tie_word_embeddings and key == "lm_head.weight":
             continue
         if key == "visual.patch_embed.proj.weight":

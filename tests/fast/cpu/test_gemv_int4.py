@@ -1,4 +1,4 @@
-"""The native 4-bit product (kernels/int4.c) against the aten path (dequantize, float64 product), over rows,
+"""The native 4-bit product (fast/cpu/int4.c) against the aten path (dequantize, float64 product), over rows,
 group sizes, biases, thread counts and extreme activations; and where Int4Linear uses it."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qwenvl import kernels
-from qwenvl.engine.int4 import Int4Linear, quantize_weight_int4
+from qwenvl.fast import cpu as kernels
+from qwenvl.fast.int4 import Int4Linear, NativeInt4Linear, quantize_weight_int4
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="native kernels not buildable here")
 
@@ -60,7 +60,9 @@ def test_extreme_and_zero_activations():
 
 @needs_kernels
 def test_layer_uses_native_for_decoding_and_dequantizes_for_prefill(monkeypatch):
-    m = layer(48, 128, 64, True, 1)
+    from qwenvl.fast.native import use_native_kernels
+    m = use_native_kernels(layer(48, 128, 64, True, 1))
+    assert type(m) is NativeInt4Linear
     calls = []
     real = kernels.gemv_int4
     monkeypatch.setattr(kernels, "gemv_int4", lambda *a: calls.append(a[0].shape) or real(*a))

@@ -10,7 +10,7 @@ import torch
 
 import qwenvl
 from qwenvl.cli.main import main
-from qwenvl.engine.int4 import (Int4Linear, group_size_for, pack_int4, quantize_int4, quantize_weight_int4,
+from qwenvl.fast.int4 import (Int4Linear, group_size_for, pack_int4, quantize_int4, quantize_weight_int4,
                                 quantized_copy_int4, unpack_int4)
 from qwenvl.model.weights import load_model
 
@@ -56,7 +56,7 @@ def test_quantizer_error_is_half_a_step(symmetric, group):
 
 
 def test_clip_search_lowers_the_error_and_chunks_agree(monkeypatch):
-    from qwenvl.engine import int4
+    from qwenvl.fast import int4
     w = torch.randn(300, 256)
     plain = quantize_weight_int4(w, 128)
     searched = quantize_weight_int4(w, 128, clip_search=True)
@@ -85,7 +85,7 @@ def test_model_within_quantization_error(tiny_ckpt):
     ids = torch.randint(0, 300, (1, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref, got = model(ids).logits, q(ids).logits
-    from qwenvl.engine.quantize import quantized_copy
+    from qwenvl.fast.int8 import quantized_copy
     with torch.no_grad():
         int8 = quantized_copy(model)(ids).logits
     err, err8 = (float((x - ref).norm() / ref.norm()) for x in (got, int8))

@@ -1,4 +1,4 @@
-"""Weight-only 4-bit linear layers: `Int4Linear`, built from AWQ checkpoints (engine/awq.py) or by quantizing
+"""Weight-only 4-bit linear layers: `Int4Linear`, built from AWQ checkpoints (fast/awq.py) or by quantizing
 our own weights group-wise (`quantize_int4`, `qwenvl.load(..., quantize="int4")`).
 
 Format: along the input dimension, every `group_size` weights of an output channel share one float scale s
@@ -9,11 +9,10 @@ symmetric quantization being z = 8). Stored as
 That is 4.3 bits per weight at group 128 (bf16: 16): decoding, bound by reading the weights, moves ~3.7x
 fewer bytes.
 
-Kernels (chosen per call):
-- CPU, fewer than UPCAST_MIN_ROWS rows (decoding): kernels.gemv_int4 where the native kernels are built
-  (AVX2); else dequantize and multiply (aten; correct, ~10x slower than the native product);
-- many rows (prefill, the tower): dequantize once per call to float32 and run the float GEMM;
-- elsewhere (CUDA): dequantize per call (no maintained int4 kernel is a dependency here).
+`Int4Linear` runs on aten: it dequantizes once per call and runs the float GEMM (float32 on the CPU); correct
+everywhere, and amortised for many rows (prefill, the tower). `NativeInt4Linear` (native.py swaps it in where
+the CPU kernels build) runs decoding rows through the native 4-bit product, which reads the packed weights
+as they are, and many rows through the native GEMM where it is preferred. Same buffers and state dict.
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import kernels
-from ..model.layers import UPCAST_MIN_ROWS
+from . import cpu
+from .layers import UPCAST_MIN_ROWS
 
 RUN = 64  # inputs per packed run (32 bytes); other widths are padded with zeros to a multiple of it
 GROUP_STEP = 32  # the native product takes group sizes that are multiples of it (AWQ's releases: 128)
@@ -37,7 +36,7 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """[N, K] integers in 0..15 -> uint8 [N, K / 2]. Each run of 64 inputs is 16 little-endian 16-bit words;
     word j holds inputs j, 16 + j, 32 + j, 48 + j in its 4 nibbles, low to high (bytes 2j, 2j + 1 hold
     q[j] | q[16 + j] << 4 and q[32 + j] | q[48 + j] << 4): 4 shifts and masks of one 32-byte load give 4
-    vectors of 16 consecutive inputs as 16-bit integers (kernels/int4.c)."""
+    vectors of 16 consecutive inputs as 16-bit integers (cpu/int4.c)."""
     N, K = q.shape
     if K % RUN:  # a last partial run: zero weights (the product's fallback reads only the first K)
         q = torch.cat([q, q.new_zeros(N, RUN - K % RUN)], dim=1)
@@ -166,7 +165,7 @@ class Int4Linear(nn.Module):
 
     @classmethod
     def cat(cls, parts: list["Int4Linear"]) -> "Int4Linear | None":
-        """The layers' outputs stacked into one layer (model/fuse.py: q/k/v, gate/up), exactly: groups run along
+        """The layers' outputs stacked into one layer (fuse.py: q/k/v, gate/up), exactly: groups run along
         the inputs, so rows concatenate with their scales and zero points. None when the group sizes differ."""
         if len({(p.group_size, p.in_features) for p in parts}) != 1 or len({p.bias is None for p in parts}) != 1:
             return None
@@ -187,19 +186,22 @@ class Int4Linear(nn.Module):
         return dequantize_int4(self.weight_int4(), self.scales, self.zeros).to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if (rows < UPCAST_MIN_ROWS and self.native and x.device.type == "cpu"
-                and kernels.applies(xf := x.float(), self.qweight)):
-            return kernels.gemv_int4(xf, self.qweight, self.scales, self.zeros, self.bias).to(x.dtype)
         cdtype = torch.float32 if x.device.type == "cpu" else x.dtype
         w = self.dequantize(cdtype)
-        xc = x.to(cdtype)
-        if kernels.applies(xc, w) and kernels.gemm_preferred():
-            return kernels.gemm(xc, w, self.bias).to(x.dtype)
-        return F.linear(xc, w, None if self.bias is None else self.bias.to(cdtype)).to(x.dtype)
+        return F.linear(x.to(cdtype), w, None if self.bias is None else self.bias.to(cdtype)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 group {self.group_size}"
+
+
+class NativeInt4Linear(Int4Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if cpu.applies(xf := x.float(), self.qweight):
+            if x.numel() // x.shape[-1] < UPCAST_MIN_ROWS and self.native:
+                return cpu.gemv_int4(xf, self.qweight, self.scales, self.zeros, self.bias).to(x.dtype)
+            if cpu.gemm_preferred():
+                return cpu.gemm(xf, self.dequantize(torch.float32), self.bias).to(x.dtype)
+        return super().forward(x)
 
 
 def quantize_int4(model: nn.Module, include: Iterable[str] = ("language_model", "lm_head"),

@@ -11,8 +11,11 @@ import torch
 
 import qwenvl
 from awq_reference import awq_pack, make_awq_checkpoint, naive_dequantize, naive_unpack
-from qwenvl.engine.awq import AWQ_ORDER, int4_from_awq, unpack_awq
-from qwenvl.engine.int4 import Int4Linear
+from qwenvl.errors import CheckpointError
+from qwenvl.fast import load_checkpoint
+from qwenvl.fast.awq import AWQ_ORDER, int4_from_awq, unpack_awq
+from qwenvl.fast.int4 import Int4Linear
+from qwenvl.fast.native import use_native_kernels
 from qwenvl.model.weights import load_model
 
 
@@ -107,7 +110,7 @@ def prompt(model, n=40, seed=0):
 
 def test_loads_4bit_and_matches_the_dequantized_model(awq_ckpt, dequantized_model, tiny_ckpt):
     path, dequantized = awq_ckpt
-    model = load_model(path)
+    model = load_checkpoint(path)
     int4 = {n for n, m in model.named_modules() if isinstance(m, Int4Linear)}
     assert int4 == {k[: -len(".weight")].replace("model.", "language_model.", 1) for k in dequantized}
     assert len(int4) == 2 * 7 and not any(n.startswith(("visual", "lm_head")) for n in int4)
@@ -143,7 +146,7 @@ def test_image_prompt_and_generation_match(awq_ckpt, dequantized_model):
 def test_float16_checkpoint_and_bf16_load(tiny_ckpt, tmp_path):
     """The published files are float16; loading them in bfloat16 keeps the int4 layers (float32 scales)."""
     make_awq_checkpoint(tiny_ckpt, tmp_path / "fp16", group_size=32, dtype=torch.float16)
-    model = load_model(tmp_path / "fp16", dtype=torch.bfloat16)
+    model = load_checkpoint(tmp_path / "fp16", dtype=torch.bfloat16)
     layer = model.language_model.layers[0].mlp.down_proj
     assert isinstance(layer, Int4Linear) and layer.group_size == 32 and layer.scales.dtype == torch.float32
     assert model.language_model.embed_tokens.weight.dtype == torch.bfloat16
@@ -173,7 +176,7 @@ def test_errors_name_the_problem(awq_ckpt, tmp_path):
         bad = {**cfg, "quantization_config": {**cfg["quantization_config"], field: value}}
         (d / "config.json").write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=match):
-            load_model(d)
+            load_checkpoint(d)
     (d / "config.json").write_text(json.dumps(cfg))
 
     def drop_zeros(t):
@@ -183,14 +186,14 @@ def test_errors_name_the_problem(awq_ckpt, tmp_path):
             return True
     edit(d, drop_zeros)
     with pytest.raises(ValueError, match=r"AWQ module language_model\.layers\.\d+\..*lacks .*\.qzeros"):
-        load_model(d)
+        load_checkpoint(d)
 
     d2 = tmp_path / "c2"
     shutil.copytree(path, d2)
     (d2 / "config.json").write_text(json.dumps({**cfg, "quantization_config": {**cfg["quantization_config"],
                                                                                "group_size": 32}}))
     with pytest.raises(ValueError, match=r"qzeros: shape \(\d+, \d+\).*group size 32"):
-        load_model(d2)
+        load_checkpoint(d2)
 
 
 def test_pipeline_fuses_the_4bit_projections(awq_ckpt):
@@ -199,10 +202,15 @@ def test_pipeline_fuses_the_4bit_projections(awq_ckpt):
     layer = pipe.model.language_model.layers[1]
     assert isinstance(layer.self_attn.qkv_proj, Int4Linear) and isinstance(layer.mlp.gate_up_proj, Int4Linear)
     assert not hasattr(layer.self_attn, "q_proj") and layer.self_attn.qkv_proj.out_features == 64 + 2 * 32
-    plain = load_model(path)
+    plain = use_native_kernels(load_checkpoint(path))  # the same product for the parts as for the fused layer
     x = torch.randn(3, 64)
     with torch.no_grad():
         ref = torch.cat([m(x) for m in (plain.language_model.layers[1].self_attn.q_proj,
                                         plain.language_model.layers[1].self_attn.k_proj,
                                         plain.language_model.layers[1].self_attn.v_proj)], -1)
         assert torch.equal(layer.self_attn.qkv_proj(x), ref)
+
+
+def test_the_reference_loader_points_to_the_quantized_one(awq_ckpt):
+    with pytest.raises(CheckpointError, match="quantized checkpoint.*load_checkpoint"):
+        load_model(awq_ckpt[0])

@@ -1,18 +1,27 @@
-"""The native CPU kernels (qwenvl/kernels) compute what the aten path computes, are used only where they apply,
-and a machine that cannot build them falls back with a warning."""
+"""The native CPU kernels (qwenvl/fast/cpu) compute what the aten path computes, are bound as their header
+declares them, check their arguments, are used only where they apply (fast/native.py), and a machine that
+cannot build them falls back with a warning."""
 
 from __future__ import annotations
 
+import ctypes
 import platform
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from qwenvl import kernels
-from qwenvl.engine.quantize import Int8Linear, quantize_weight
+from qwenvl.fast import cpu as kernels
+from qwenvl.fast.int8 import Int8Linear, NativeInt8Linear, quantize_weight
+from qwenvl.fast.layers import use_fast_layers
+from qwenvl.fast.native import NativeLinear, use_native_kernels
 from qwenvl.model.layers import Linear
 from qwenvl.model.text import attend
+
+
+def native(module):
+    """`module` as qwenvl.load prepares it (the aten fast layers, then the native ones where they build)."""
+    return use_native_kernels(use_fast_layers(module))
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="native kernels not buildable here")
 
@@ -83,7 +92,7 @@ def test_attend_bf16_equals_attention_on_the_upcast_cache(hq, hkv, d, s):
 @pytest.mark.parametrize("shape", [(1, 1, 2048), (3, 7, 100)])
 def test_rms_norm_equals_aten(wdtype, shape):
     from qwenvl.model.layers import RMSNorm
-    norm = RMSNorm(shape[-1], eps=1e-5).to(wdtype)
+    norm = native(RMSNorm(shape[-1], eps=1e-5).to(wdtype))
     norm.weight.data.normal_(generator=torch.Generator().manual_seed(1))
     x = 5 * torch.randn(shape, generator=torch.Generator().manual_seed(2))
     ref = norm.weight.float() * F.rms_norm(x, shape[-1:], eps=1e-5)
@@ -101,7 +110,8 @@ def test_layers_use_the_kernels_for_decoding_only(monkeypatch):
     calls = []
     real = kernels.gemv_bf16
     monkeypatch.setattr(kernels, "gemv_bf16", lambda x, w, b=None: calls.append(x.shape) or real(x, w, b))
-    lin = Linear(64, 24).to(torch.bfloat16)
+    lin = native(Linear(64, 24).to(torch.bfloat16))
+    assert type(lin) is NativeLinear
     x = torch.randn(1, 1, 64)
     with torch.inference_mode():
         y = lin(x)
@@ -114,24 +124,77 @@ def test_layers_use_the_kernels_for_decoding_only(monkeypatch):
         lin(torch.randn(40, 64))
     assert len(calls) == 1
 
-    q = Int8Linear.from_linear(lin)
-    assert q.qweight.shape == (6, 4, 4, 16)  # packed for the native product
+    plain = Int8Linear.from_linear(lin)
+    q = native(Int8Linear.from_linear(lin))
+    assert type(q) is NativeInt8Linear and q.kernel_weight.shape == (6, 4, 4, 16)  # packed for the native product
     assert torch.equal(q.weight_int8(), quantize_weight(lin.weight)[0])
     ref = F.linear(x, q.dequantize(torch.float32), lin.bias.float())
     with torch.inference_mode():
         torch.testing.assert_close(q(x), ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(q(x.expand(40, 1, 64)), ref.expand(40, 1, 24), rtol=1e-5, atol=1e-5)  # prefill
-    # state dicts load across layouts: a row-major one into a packed layer and back
-    flat = Int8Linear(*quantize_weight(lin.weight), lin.bias, torch.bfloat16)
-    flat.register_buffer("qweight", flat.weight_int8().contiguous())
-    fresh = Int8Linear.from_linear(Linear(64, 24).to(torch.bfloat16))
-    fresh.load_state_dict(flat.state_dict())
-    assert fresh.qweight.dim() == 4 and torch.equal(fresh.weight_int8(), q.weight_int8())
-    flat.load_state_dict(q.state_dict())
-    assert flat.qweight.dim() == 2 and torch.equal(flat.qweight, q.weight_int8())
-    monkeypatch.setattr(kernels, "available", lambda: False)  # aten's int8 kernel takes the packed weights too
+    monkeypatch.setattr(kernels, "available", lambda: False)  # aten's int8 kernel on the unpacked weights
     with torch.inference_mode():
-        torch.testing.assert_close(q(x), ref, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(q(x), plain(x), rtol=0, atol=0)
+
+
+@needs_kernels
+def test_int8_state_dicts_do_not_depend_on_the_host():
+    """The same names, shapes and values with the kernels' packed layout and without; and either loads into
+    the other."""
+    lin = Linear(64, 24).to(torch.bfloat16)
+    plain, packed = Int8Linear.from_linear(lin), NativeInt8Linear.convert(Int8Linear.from_linear(lin))
+    a, b = plain.state_dict(), packed.state_dict()
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+    assert b["qweight"].shape == (24, 64)
+    other = NativeInt8Linear.convert(Int8Linear.from_linear(Linear(64, 24).to(torch.bfloat16)))
+    other.load_state_dict(a)
+    assert torch.equal(other.weight_int8(), plain.qweight) and other.kernel_weight.dim() == 4
+    fresh = Int8Linear.from_linear(Linear(64, 24).to(torch.bfloat16))
+    fresh.load_state_dict(b)
+    assert torch.equal(fresh.qweight, plain.qweight)
+    with pytest.raises(RuntimeError, match="qweight"):
+        other.load_state_dict({**a, "qweight": torch.zeros(24, 32, dtype=torch.int8)})
+
+
+def test_bindings_come_from_the_header():
+    """Every function the header declares is bound with its argument count; the structs' fields are the
+    header's, in its order."""
+    structs, functions = kernels.header()
+    assert {"qwenvl_gemv_bf16", "qwenvl_gemm", "qwenvl_decode_layers", "qwenvl_fma_flops"} <= functions.keys()
+    restype, args = functions["qwenvl_gemv_bf16"]
+    assert restype is None and len(args) == 8
+    assert functions["qwenvl_gemm"][0] is ctypes.c_int and functions["qwenvl_fma_flops"][0] is ctypes.c_double
+    assert [n for n, _ in structs["qwenvl_linear"]._fields_] == ["kind", "w", "scale", "bias", "bias_bf16", "N",
+                                                                  "K", "zeros", "group"]
+    assert structs["qwenvl_layer"]._fields_[4] == ("qkv", structs["qwenvl_linear"])
+    if kernels.available():
+        lib = kernels._library()
+        for name, (restype, argtypes) in functions.items():
+            assert getattr(lib, name).argtypes == argtypes, name
+
+
+@needs_kernels
+def test_bad_arguments_are_refused_by_name():
+    w = torch.randn(8, 32).bfloat16()
+    with pytest.raises(ValueError, match="x has 16 inputs"):
+        kernels.gemv_bf16(torch.randn(1, 16), w)
+    with pytest.raises(ValueError, match="w has dtype torch.float16"):
+        kernels.gemv_bf16(torch.randn(1, 32), w.half())
+    with pytest.raises(ValueError, match="w must be contiguous"):
+        kernels.gemv_bf16(torch.randn(1, 8), w.t())
+    with pytest.raises(ValueError, match="bias has shape"):
+        kernels.gemv_bf16(torch.randn(1, 32), w, torch.randn(9))
+    q, s = quantize_weight(torch.randn(8, 32))
+    with pytest.raises(ValueError, match=r"q has shape \[8, 32\], expected \[4, \*\]"):  # 4 scales
+        kernels.gemv_int8(torch.randn(1, 32), q, s[:4])
+    k = torch.zeros(2, 1, 10, 16, dtype=torch.bfloat16)
+    q1 = torch.randn(1, 2, 1, 16)
+    with pytest.raises(ValueError, match="rows"):
+        kernels.attend_bf16(q1, k, k.clone(), torch.tensor([5]), torch.zeros(1, 1, 1, 4))
+    with pytest.raises(ValueError, match="mask covers 11"):
+        kernels.attend_bf16(q1, k, k.clone(), None, torch.zeros(1, 1, 1, 11))
+    with pytest.raises(ValueError, match="gate_up has dtype"):
+        kernels.silu_mul(torch.randn(1, 8).double())
 
 
 @needs_kernels
@@ -139,15 +202,15 @@ def test_cached_decoding_with_kernels_equals_aten(monkeypatch):
     """A bf16 decoder under float32 compute, prefilled then decoding 4 tokens with a KV cache (2 rows): the
     native products and attention give the logits the aten path gives (which rounds each product's input to
     bf16: hence the tolerance), and they are the ones that ran."""
+    from qwenvl.fast import prepare
     from qwenvl.model import layers, text
-    from qwenvl.model.fuse import fuse_projections
     from qwenvl.model.weights import random_model
     from qwenvl.tiny import build_tokenizer, tiny_config, token_ids
     for mod in (layers, text):
         monkeypatch.setattr(mod, "compute_dtype", lambda dtype, device: torch.float32)
     tok = build_tokenizer()
     model = random_model(tiny_config(token_ids(tok), vocab_size=tok.get_vocab_size() + 6), torch.bfloat16, seed=5)
-    fuse_projections(model)  # as loaded for inference: q/k/v with biases in one product, gate/up in one
+    prepare(model)  # as loaded for inference: q/k/v with biases in one product, gate/up in one, native layers
     lm = model.language_model
     ids = torch.randint(0, 400, (2, 12), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(12).expand(3, 2, 12)
@@ -189,7 +252,8 @@ def test_a_failing_build_falls_back_with_a_warning(monkeypatch, tmp_path):
             pytest.skip("no AVX2: the kernels are never built here")
         with pytest.warns(UserWarning, match="no compiler here"):
             assert not kernels.available()
-        lin = Linear(16, 8).to(torch.bfloat16)
+        lin = native(Linear(16, 8).to(torch.bfloat16))
+        assert type(lin) is not NativeLinear
         with torch.inference_mode():
             torch.testing.assert_close(lin(torch.ones(1, 16)), F.linear(torch.ones(1, 16).bfloat16(), lin.weight,
                                                                         lin.bias).float())

@@ -1,4 +1,4 @@
-"""The native GEMM (kernels/gemm.c) computes what a float64 product computes for every weight format, shape and
+"""The native GEMM (fast/cpu/gemm.c) computes what a float64 product computes for every weight format, shape and
 thread count, reads strided rows in place, and the layers use it only where it is preferred."""
 
 from __future__ import annotations
@@ -7,8 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qwenvl import kernels
-from qwenvl.engine.quantize import Int8Linear, quantize_weight
+from qwenvl.fast import cpu as kernels
+from qwenvl.fast.int8 import Int8Linear, quantize_weight
+from qwenvl.fast.layers import use_fast_layers
+from qwenvl.fast.native import use_native_kernels
 from qwenvl.model.layers import Linear
 
 needs_kernels = pytest.mark.skipif(not kernels.available(), reason="native kernels not buildable here")
@@ -76,8 +78,8 @@ def test_layers_use_the_gemm_for_many_rows_where_preferred(monkeypatch, preferre
     calls = []
     for name in ("gemm", "gemm_int8"):
         monkeypatch.setattr(kernels, name, lambda *a, f=getattr(kernels, name), n=name: calls.append(n) or f(*a))
-    lin = Linear(64, 24).to(torch.bfloat16)
-    q = Int8Linear.from_linear(lin)
+    lin = use_native_kernels(use_fast_layers(Linear(64, 24).to(torch.bfloat16)))
+    q = use_native_kernels(Int8Linear.from_linear(lin))
     x = torch.randn(3, 40, 64)
     with torch.inference_mode():
         y, yq = lin(x), q(x)

@@ -3,13 +3,15 @@
  * y[m, n] = sum_k x[m, k] * W[n, k] for a few rows m, float32 activations and accumulation, with W
  * stored as bfloat16 or as int8 with one float32 scale per output channel n. Decoding is bound by
  * reading W, and aten's kernels for these two formats are compute-bound on AVX2 (they run well below
- * the memory bandwidth on 2 cores); these stay close to it. Built and loaded by qwenvl/kernels/__init__.py.
+ * the memory bandwidth on 2 cores); these stay close to it. Built and loaded by qwenvl/fast/cpu/__init__.py.
  *
  * Each thread takes blocks of 4 output channels. Also: the decoder's SwiGLU activation, GQA attention on
  * a bfloat16 KV cache and RMSNorm, each one call instead of several small aten ops per token.
  */
 #include <immintrin.h>
 #include <stdint.h>
+
+#include "qwenvl_cpu.h"
 
 static inline float hsum(__m256 v) {
     __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -50,7 +52,7 @@ static float dot_i8(const float* x, const int8_t* q, long K) {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     long k = 0;
     for (; k + 32 <= K; k += 32) {
-        /* 2 KB ahead (into the next row near the end): +5-30% on 2 EPYC cores, where the hardware
+        /* 2 KB ahead (into the next row near the end): faster where the hardware
          * prefetcher alone leaves the int8 stream short of the memory's bandwidth */
         _mm_prefetch((const char*)(q + k + 2048), _MM_HINT_T0);
         a0 = _mm256_fmadd_ps(load_i8(q + k), _mm256_loadu_ps(x + k), a0);
@@ -64,7 +66,7 @@ static float dot_i8(const float* x, const int8_t* q, long K) {
 }
 
 /* y[n] = x . W[n] for 4 rows of W at once: one x load feeds 4 rows (the loop is bound by loads, not FMAs),
- * with a software prefetch 256 bytes ahead in each row. +6-12% over one row at a time on 2 EPYC cores,
+ * with a software prefetch 256 bytes ahead in each row: faster than one row at a time,
  * where the hardware prefetcher alone leaves each core short of its share of the memory bandwidth. */
 static void dot4_bf16(const float* x, const uint16_t* w, long K, float* y) {
     const uint16_t *r0 = w, *r1 = w + K, *r2 = w + 2 * K, *r3 = w + 3 * K;
@@ -128,9 +130,9 @@ void qwenvl_gemv_int8(const float* x, const int8_t* q, const float* scale, const
     }
 }
 
-/* The int8 product on weights packed in blocks of 4 rows (kernels.pack_int8): block b holds rows 4b..4b+3
+/* The int8 product on weights packed in blocks of 4 rows (cpu.pack_int8): block b holds rows 4b..4b+3
  * as [K / 16][4][16], so that each 64-byte line carries 16 columns of all 4 rows and each thread reads one
- * sequential stream; a software prefetch 1 KB ahead. +10-20% over the row-major kernel on 2 EPYC cores.
+ * sequential stream; a software prefetch 1 KB ahead. faster than the row-major kernel (docs/benchmarks.md).
  * N % 4 == 0, K % 16 == 0. */
 void qwenvl_gemv_int8_packed(const float* x, const int8_t* q, const float* scale, const void* bias, int bias_bf16,
                              float* y, long M, long N, long K) {

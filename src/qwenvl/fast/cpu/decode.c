@@ -1,57 +1,22 @@
 /* The decoder's layers for one decoding step in one call, on the products and small kernels of gemv.c.
  *
- * Why: a decoding step streams ~6 GB of weights (3B, bfloat16) through the caches, which evicts the Python
- * interpreter's and torch's own code and data between products. Each of the ~40 small ops a layer runs
- * between its products then starts cold: on 2 EPYC cores an 8 KB torch.empty takes ~35 us after a large
- * product instead of ~3 us, and the Python layers spend ~40 ms per step (~12%) outside the products. Here a
+ * Why: a decoding step streams every weight through the caches, which evicts the Python interpreter's
+ * and torch's own code and data between products. Each of the ~40 small ops a layer runs between its
+ * products then starts cold, and their overhead becomes a visible share of the step (docs/benchmarks.md,
+ * "native decode step"). Here a
  * step is one foreign call, whose few kilobytes of code stay warm enough.
  *
  * Per layer, for M rows (one query each):
  *   h = rms_norm(x); qkv = h Wqkv^T + b; rotate q and k (half-rotation RoPE, cos/sin given per row);
  *   k, v -> the bfloat16 cache at (rows[m], pos[m]); a = attention over the first S cached positions;
  *   x += a Wo^T; h = rms_norm(x); x += (silu(h Wg^T) * (h Wu^T)) Wd^T
- * the same order of operations and precisions (float32 activations) as qwenvl/model/text.py.
+ * the order of operations and precisions (float32 activations) of the fused, kernel-backed decoder layer
+ * (qwenvl/fast/native.py on qwenvl/model/text.py); tests/fast/test_native_decode.py holds them equal.
  */
 #include <stdint.h>
 #include <string.h>
 
-void qwenvl_gemv_bf16(const float* x, const uint16_t* w, const void* bias, int bias_bf16, float* y,
-                      long M, long N, long K);
-void qwenvl_gemv_int8(const float* x, const int8_t* q, const float* scale, const void* bias, int bias_bf16, float* y,
-                      long M, long N, long K);
-void qwenvl_gemv_int8_packed(const float* x, const int8_t* q, const float* scale, const void* bias, int bias_bf16,
-                             float* y, long M, long N, long K);
-void qwenvl_attend_bf16(const float* q, const uint16_t* k, const uint16_t* v, const long* rows, const float* mask,
-                        float* out, float* scratch, long B, long Hq, long Hkv, long S, long S_max, long D,
-                        float scale);
-void qwenvl_rms_norm(const float* x, const void* w, int w_bf16, float* out, long M, long D, float eps);
-void qwenvl_silu_mul(const float* gu, float* out, long M, long H);
-void qwenvl_gemv_int4(const float* x, const uint8_t* q, const float* s, const uint8_t* z, const float* b, float* y,
-                      long M, long N, long K, long group, int16_t* xq, float* xs, int32_t* xsum);
-
-/* Weight formats (kernels/__init__.py builds these from the model's layers; same field order there) */
-enum { LINEAR_BF16 = 0, LINEAR_INT8 = 1, LINEAR_INT8_PACKED = 2, LINEAR_INT4 = 3 };
-
-typedef struct {
-    long kind;
-    const void* w;        /* bfloat16 [N, K], or int8 [N, K] or packed (pack_int8), or int4 (int4.c) */
-    const float* scale;   /* int8: [N]; int4: [N, K / group] */
-    const void* bias;     /* [N] float32 or bfloat16 (int4: float32), or NULL */
-    long bias_bf16;
-    long N, K;
-    const uint8_t* zeros; /* int4: [N, K / group] */
-    long group;           /* int4 */
-} qwenvl_linear;
-
-typedef struct {
-    const void* attn_norm;  /* [E] float32 or bfloat16 */
-    long attn_norm_bf16;
-    const void* mlp_norm;
-    long mlp_norm_bf16;
-    qwenvl_linear qkv, o, gate_up, down;
-    uint16_t* k;  /* this layer's cache, [B_max, Hkv, S_max, D] bfloat16 */
-    uint16_t* v;
-} qwenvl_layer;
+#include "qwenvl_cpu.h"
 
 /* int4 scratch (rounded activations and their group sums, int4.c) for M rows of K inputs, in floats */
 static long int4_work(long M, long K) { return M * (K / 2 + 9 * (K / 32)); }

@@ -1,9 +1,9 @@
-/* Matrix-vector products with 4-bit weights for decoding (AVX2), engine/int4.py's format:
+/* Matrix-vector products with 4-bit weights for decoding (AVX2), fast/int4.py's format:
  *
  * y[m, n] = sum_g s[n, g] * sum_{k in g} (q[n, k] - z[n, g]) * x[m, k] + b[n]
  *
  * q packed 2 per byte ([N, K / 2]; each run of 64 inputs is 16 16-bit words, word j holding inputs j, 16 + j,
- * 32 + j, 48 + j in its nibbles, low to high: engine/int4.py pack_int4), s float32 [N, G], z uint8 [N, G],
+ * 32 + j, 48 + j in its nibbles, low to high: fast/int4.py pack_int4), s float32 [N, G], z uint8 [N, G],
  * groups of `group` inputs (a multiple of 32), K a multiple of 64.
  *
  * Widening nibbles to float32 costs ~4 instructions per 8 weights, as much as the int8 kernel spends in
@@ -21,6 +21,8 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+
+#include "qwenvl_cpu.h"
 
 static inline float hsum8(__m256 v) {
     __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -1,4 +1,4 @@
-"""The native decoding step (engine/native_decode.py, kernels/decode.c) computes what the model's own layers
+"""The native decoding step (fast/native_decode.py, fast/cpu/decode.c) computes what the model's own layers
 compute, on every weight format it reads, and leaves everything else to them."""
 
 from __future__ import annotations
@@ -8,14 +8,12 @@ import copy
 import pytest
 import torch
 
-from qwenvl import kernels
-from qwenvl.engine import native_decode
 from qwenvl.engine.engine import Engine, Sequence, generate
-from qwenvl.engine.native_decode import NativeDecoder
-from qwenvl.engine.quantize import quantize_int8
 from qwenvl.engine.sampling import SamplingParams
+from qwenvl.fast import cpu as kernels
+from qwenvl.fast import native_decode, prepare
+from qwenvl.fast.native_decode import NativeDecoder
 from qwenvl.model import layers, text
-from qwenvl.model.fuse import fuse_projections
 from qwenvl.model.weights import random_model
 from qwenvl.tiny import build_tokenizer, tiny_config, token_ids
 
@@ -36,13 +34,8 @@ def tiny_model(weights: str = "bf16", seed: int = 5, fuse: bool = True):
         for name, p in model.language_model.named_parameters():
             if p.ndim == 1:
                 p.copy_(torch.randn_like(p, dtype=torch.float32) * 0.1 + (1 if "norm" in name else 0))
-    if fuse:
-        fuse_projections(model)
-    if weights.startswith("int8"):
-        quantize_int8(model)
-    if weights == "int4":
-        from qwenvl.engine.int4 import quantize_int4
-        quantize_int4(model)
+    if fuse:  # as qwenvl.load prepares it
+        prepare(model, {"int8": "int8", "int8-row-major": "int8", "int4": "int4"}.get(weights))
     return model
 
 
@@ -80,12 +73,12 @@ def test_a_native_step_equals_the_model_step(weights, rows, monkeypatch):
     model = tiny_model(weights)
     if weights.startswith("int8"):
         qkv = model.language_model.layers[0].self_attn.qkv_proj
-        assert qkv.qweight.dim() == (2 if weights == "int8-row-major" else 4)
+        assert qkv.kernel_weight.dim() == (2 if weights == "int8-row-major" else 4)
     cache = model.new_cache(3, 40)
     prefill(model, cache, {0: 9, 1: 5, 2: 13})
     ref_cache = copy.deepcopy(cache)
     calls = []
-    monkeypatch.setattr(kernels, "decode_layers", lambda *a, f=kernels.decode_layers: calls.append(1) or f(*a))
+    monkeypatch.setattr(native_decode, "decode_layers", lambda *a, f=native_decode.decode_layers: calls.append(1) or f(*a))
     native = one_step(NativeDecoder(model.language_model), model, cache, rows)
     assert calls
     ref = one_step(model.language_model, model, ref_cache, rows)
@@ -120,7 +113,7 @@ def test_everything_else_goes_to_the_model(case, monkeypatch):
         model.float()
     decoder = NativeDecoder(model.language_model)
     assert (decoder.specs is None) == (case != "prefill")
-    monkeypatch.setattr(kernels, "decode_layers", lambda *a: pytest.fail("native step on an unsupported input"))
+    monkeypatch.setattr(native_decode, "decode_layers", lambda *a: pytest.fail("native step on an unsupported input"))
     cache = model.new_cache(1, 40)
     ref_cache = copy.deepcopy(cache)
     if case == "prefill":
@@ -146,3 +139,4 @@ def test_a_full_cache_is_an_error_not_a_write_past_it():
     with pytest.raises(ValueError, match="KV cache full"):
         one_step(NativeDecoder(model.language_model), model, cache, [0])
     assert torch.equal(cache.k, before) and int(cache.lengths[0]) == 8
+

@@ -1,10 +1,10 @@
 /* Matrix products with many rows (the vision tower, prefill) on x86 CPUs without bf16 matrix instructions:
  * C[M, N] = A[M, K] @ W[N, K]^T + bias, A float32, W bfloat16, float32 or int8 with a scale per row, C float32.
  *
- * Why not aten: on the 2 AVX2 EPYC cores we measure on, the float32 GEMM torch calls (MKL) runs at ~63 GFLOP/s
- * on one core and 100-115 on two. This loop nest runs at ~70-80 on one core (OpenBLAS's rate) and ~125-135 on
- * two. It also converts bf16 or int8 weights while packing them (no float32 copy of W) and adds the bias in
- * the first store.
+ * Why not aten: on AVX2 CPUs other than Intel's, the float32 GEMM torch calls (MKL) runs below what the
+ * cores can do (docs/benchmarks.md has the A/B against MKL, oneDNN and OpenBLAS that keeps this file). It
+ * also converts bf16 or int8 weights while packing them (no float32 copy of W) and adds the bias in the
+ * first store.
  *
  * The BLIS structure, with a 6 x 16 register tile (12 AVX accumulators):
  *   for each block of W's rows (C's columns), ~6 MB once packed, shared by the threads in L3:
@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "qwenvl_cpu.h"
 
 #define MR 6
 #define NR 16
@@ -80,7 +82,7 @@ static inline void kernel(long kc, const float* a, long lda, const float* b, flo
             c[i * ldc + j] = (first ? (bias ? bias[j] : 0.0f) : c[i * ldc + j]) + tile[i][j];
 }
 
-/* how W is stored: float32 or bfloat16 [N, K]; int8 [N, K] or packed by kernels.pack_int8, times scale[n] */
+/* how W is stored: float32 or bfloat16 [N, K]; int8 [N, K] or packed by cpu.pack_int8, times scale[n] */
 enum { W_F32 = 0, W_BF16 = 1, W_INT8 = 2, W_INT8_PACKED = 3 };
 
 /* W rows [n0, n0 + NR) (output columns) x K slice [p0, p0 + kc) -> one panel [kc][NR] float32, zero-padded */

@@ -22,6 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..model.mapped import MappedSafetensors, release_pages
+from ..model.qwen25vl import QwenVL
+from ..model.weights import init_buffers, our_key, weight_files
 from .int4 import Int4Linear
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -88,10 +91,6 @@ def int4_from_awq(name: str, qweight: torch.Tensor, qzeros: torch.Tensor, scales
 def load_awq_model(path: Path, config, dtype: torch.dtype, device, quant: dict):
     """model.weights.load_model for an AWQ checkpoint: float tensors as load_model reads them, every Linear
     with a `qweight` as an Int4Linear (on the CPU; other devices get the Int4Linear moved there)."""
-    from ..model.mapped import MappedSafetensors, release_pages
-    from ..model.qwen25vl import QwenVL
-    from ..model.weights import init_buffers, our_key, weight_files
-
     files = weight_files(path)
     with torch.device("meta"):
         model = QwenVL(config)
