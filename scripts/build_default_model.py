@@ -4,18 +4,25 @@
    the processor files (a small pixel budget: the model sees images of at most 64 merged tokens,
    video frames of 16), and a randomly initialised model of the Qwen2.5-VL architecture (window +
    full attention ViT, 2x2 merger, MRoPE decoder with absolute time);
-2. `train1`: `qwenvl train --recipe` over a curriculum of every synthetic task drawn on the fly
-   (qwenvl.synth), per-reply loss weighting, greedy task metrics in metrics.jsonl; the shipped run
-   stopped it at step 1100 of its 2200 (`--max-minutes`), and `export1` writes that checkpoint out;
-3. `train2`: a second chunk from that export with a fresh schedule on the spatial and temporal tasks,
-   scenes of 1-2 objects first;
-4. `eval`: `qwenvl eval run` on held-out sets written by `qwenvl.synth.write` (other seeds);
-5. `ship`: copy the result into src/qwenvl/assets/default (what the package loads with no --model).
+2. `train CHUNK`: `qwenvl train --recipe` on data drawn on the fly (qwenvl.synth), per-reply loss
+   weighting, greedy task metrics in metrics.jsonl, resumable (run it again); `export CHUNK` writes a
+   chunk's newest checkpoint out as the next chunk's start (also when it was stopped early):
+   - train1 (from init): every synthetic task, a curriculum; stopped at step 1100 of 2200;
+   - train2 (chunk1): spatial and temporal tasks, scenes of 1-2 objects first;
+   - train4 (chunk2): grounding and pointing alone, 1-2 shapes a scene; stopped at step 900 of 3000;
+   - train5 (chunk4): the same on one shape a scene, small images, one question each;
+   - train6 (chunk5): grounding, pointing, counting, all-objects and video again, 1-4 shapes;
+   (train3 was a discarded variant of train4; the script keeps the chunks the shipped model came from)
+3. `eval`: `qwenvl eval run` on held-out sets written by `qwenvl.synth.write` (another seed, scenes up
+   to 1000 px a side);
+4. `ship`: copy the result into src/qwenvl/assets/default (what the package loads with no --model).
 
     python scripts/build_default_model.py init
-    python scripts/build_default_model.py train1 --max-minutes 116      # again to resume
-    python scripts/build_default_model.py export1
-    python scripts/build_default_model.py train2 --max-minutes 42
+    python scripts/build_default_model.py train train1 --max-minutes 116   # again to resume
+    python scripts/build_default_model.py export train1
+    python scripts/build_default_model.py train train2
+    python scripts/build_default_model.py export train2
+    ... (train4, train5, train6 likewise; see docs/training.md for the minutes each ran)
     python scripts/build_default_model.py eval
     python scripts/build_default_model.py ship
 
@@ -67,6 +74,30 @@ RECIPE2 = {
                    {"steps": 950, "data": SPATIAL_TEMPORAL}],
 }
 
+# Chunks 4-6 (the shipped model): grounding never lifted off in a mixed curriculum, so the box tasks
+# get scenes of one or two shapes alone first, with one question a scene, small images and many scenes.
+RECIPE4 = {
+    **RECIPE1, "warmup": 30, "chunk": 64, "synth": {"turns": 2, "size_range": [56, 336], "objects": [1, 2]},
+    "curriculum": None, "data": "synth:ground=3,point=1", "max_steps": 3000, "eval_data": "synth:ground,point",
+    "eval_every": 250, "eval_generate": 24, "eval_max_new_tokens": 60,
+}
+RECIPE5 = {**RECIPE4, "warmup": 20, "synth": {"turns": 1, "size_range": [56, 280], "objects": [1, 1]},
+           "max_steps": 2500, "eval_every": 200}
+RECIPE6 = {**RECIPE4, "warmup": 20, "synth": {"turns": 2, "size_range": [56, 640], "objects": [1, 4]},
+           "data": "synth:ground=4,point=2,count=2,ground_all=1,video_ground=2", "max_steps": 1200,
+           "eval_data": "synth:ground,point,count,ground_all,video_ground", "eval_every": 300, "eval_generate": 16,
+           "eval_max_new_tokens": 120}
+
+# name -> (starts from, recipe, where its end is exported); `train NAME` runs (or resumes) it
+CHUNKS = {
+    "train1": ("init", RECIPE1, "chunk1"),
+    "train2": ("chunk1", RECIPE2, "chunk2"),
+    "train4": ("chunk2", RECIPE4, "chunk4"),
+    "train5": ("chunk4", RECIPE5, "chunk5"),
+    "train6": ("chunk5", RECIPE6, "chunk6"),
+}
+SHIPPED = "chunk6"
+
 
 def small_config(ids: dict[str, int], vocab_size: int) -> QwenVLConfig:
     return QwenVLConfig(
@@ -104,20 +135,21 @@ def _train(out: Path, name: str, recipe: dict, extra: list[str]) -> None:
                    check=True)
 
 
-def export1(out: Path) -> None:
-    """The newest checkpoint of train1 as a Hugging Face folder (the start of train2)."""
+def export(out: Path, name: str) -> None:
+    """The newest checkpoint of a chunk as a Hugging Face folder (the start of the next chunk), also when
+    the chunk was stopped before its schedule's end."""
     from qwenvl.train import checkpoint as ckpt
     from qwenvl.train.loop import TrainConfig, Trainer
 
-    rec = json.loads((out / "train1.json").read_text())
+    rec = json.loads((out / f"{name}.json").read_text())
     cfg = TrainConfig(**{**rec, "fps_range": None, "progress": False, "export": False, "resume": True})
     t = Trainer(cfg)
-    step, _, where = ckpt.resume(out / "train1" / "checkpoints", t.model, t.optimizer, t.scheduler)
-    print(f"{where} (step {step}) -> {ckpt.export(t.model, out / 'init', out / 'chunk1')}")
+    step, _, where = ckpt.resume(out / name / "checkpoints", t.model, t.optimizer, t.scheduler)
+    print(f"{where} (step {step}) -> {ckpt.export(t.model, out / 'init', out / CHUNKS[name][2])}")
 
 
 def evaluate(out: Path, n: int, model: str | None) -> None:
-    model = model or str(out / "train2" / "final")
+    model = model or str(out / SHIPPED)
     for task in synth.TASKS:
         data = out / "heldout" / task
         if not (data / "eval.jsonl").exists():  # held out: another seed, scenes up to 1000 px a side
@@ -129,7 +161,7 @@ def evaluate(out: Path, n: int, model: str | None) -> None:
 
 
 def ship(out: Path) -> None:
-    src, dest = out / "train2" / "final", Path(__file__).resolve().parents[1] / "src" / "qwenvl" / "assets" / "default"
+    src, dest = out / SHIPPED, Path(__file__).resolve().parents[1] / "src" / "qwenvl" / "assets" / "default"
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(src, dest)
     print(f"shipped {src} -> {dest}")
@@ -137,24 +169,24 @@ def ship(out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["init", "train1", "export1", "train2", "eval", "ship"])
+    ap.add_argument("step", choices=["init", "train", "export", "eval", "ship"])
+    ap.add_argument("chunk", nargs="?", choices=list(CHUNKS), help="train / export: which chunk")
     ap.add_argument("--out", default="runs/default")
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--n", type=int, default=200, help="eval: held-out examples per task")
-    ap.add_argument("--model", help="eval: the checkpoint to score (default: OUT/train/final)")
+    ap.add_argument("--model", help=f"eval: the checkpoint to score (default: OUT/{SHIPPED})")
     args, extra = ap.parse_known_args()
     out = Path(args.out)
-    steps = {
-        "init": lambda: init(out, args.vocab),
-        "train1": lambda: _train(out, "train1", {**RECIPE1, "model": str(out / "init"), "out": str(out / "train1")},
-                                 extra),
-        "export1": lambda: export1(out),
-        "train2": lambda: _train(out, "train2", {**RECIPE2, "model": str(out / "chunk1"), "out": str(out / "train2")},
-                                 extra),
-        "eval": lambda: evaluate(out, args.n, args.model),
-        "ship": lambda: ship(out),
-    }
-    steps[args.step]()
+    if args.step in ("train", "export") and not args.chunk:
+        ap.error(f"{args.step} needs a chunk: {', '.join(CHUNKS)}")
+    if args.step == "train":
+        start, recipe, _ = CHUNKS[args.chunk]
+        _train(out, args.chunk, {**recipe, "model": str(out / start), "out": str(out / args.chunk)}, extra)
+    elif args.step == "export":
+        export(out, args.chunk)
+    else:
+        {"init": lambda: init(out, args.vocab), "eval": lambda: evaluate(out, args.n, args.model),
+         "ship": lambda: ship(out)}[args.step]()
 
 
 if __name__ == "__main__":
