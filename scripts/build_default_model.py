@@ -10,8 +10,9 @@
    - train1 (from init): every synthetic task, a curriculum; stopped at step 1100 of 2200;
    - train2 (chunk1): spatial and temporal tasks, scenes of 1-2 objects first;
    - train4 (chunk2): grounding and pointing alone, 1-2 shapes a scene; stopped at step 900 of 3000;
-   - train5 (chunk4): the same on one shape a scene, small images, one question each;
-   - train6 (chunk5): grounding, pointing, counting, all-objects and video again, 1-4 shapes;
+   - train5 (chunk4): the same on one shape a scene, small images, one question each; stopped at 1300;
+   - train6 (chunk5): 2000 more steps of that, then grounding, pointing, counting, all-objects and
+     video again on 1-4 shapes for 1000;
    (train3 was a discarded variant of train4; the script keeps the chunks the shipped model came from)
 3. `eval`: `qwenvl eval run` on held-out sets written by `qwenvl.synth.write` (another seed, scenes up
    to 1000 px a side);
@@ -83,10 +84,12 @@ RECIPE4 = {
 }
 RECIPE5 = {**RECIPE4, "warmup": 20, "synth": {"turns": 1, "size_range": [56, 280], "objects": [1, 1]},
            "max_steps": 2500, "eval_every": 200}
-RECIPE6 = {**RECIPE4, "warmup": 20, "synth": {"turns": 2, "size_range": [56, 640], "objects": [1, 4]},
-           "data": "synth:ground=4,point=2,count=2,ground_all=1,video_ground=2", "max_steps": 1200,
-           "eval_data": "synth:ground,point,count,ground_all,video_ground", "eval_every": 300, "eval_generate": 16,
-           "eval_max_new_tokens": 120}
+RECIPE6 = {
+    **RECIPE5, "data": None, "max_steps": 3000, "eval_every": 250,
+    "curriculum": [{"steps": 2000, "data": "synth:ground=3,point=1"},
+                   {"steps": 1000, "data": "synth:ground=4,point=2,count=2,ground_all=1,video_ground=2",
+                    "synth": {"objects": [1, 4], "turns": 2, "size_range": [56, 640]}}],
+}
 
 # name -> (starts from, recipe, where its end is exported); `train NAME` runs (or resumes) it
 CHUNKS = {
