@@ -159,7 +159,7 @@ def evaluate(out: Path, n: int, model: str | None) -> None:
             synth.write(task, n, data, seed=12345, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS,
                         video_max_pixels=VIDEO_MAX_PIXELS, size_range=(112, 1000))
         subprocess.run([sys.executable, "-m", "qwenvl.cli.main", "eval", "run", "--task", f"synth_{task}",
-                        "--data", str(data / "eval.jsonl"), "--model", model, "--out", str(out / "eval" / task),
+                        "--data", str(data / "eval.jsonl"), "--model", model, "--out", str(out / "eval" / Path(model).name / task),
                         "--dtype", "float32"], check=True)
 
 
