@@ -8,6 +8,20 @@ import pytest
 
 from train_util import ANSWERS, sft_records, write_images, write_jsonl
 
+from qwenvl.model.weights import load_model
+from qwenvl.processing import Processor
+
+
+@pytest.fixture(scope="session")
+def proc(own_ckpt):
+    """The processor of the project-written tiny checkpoint."""
+    return Processor.from_pretrained(own_ckpt)
+
+
+@pytest.fixture(scope="session")
+def config(own_ckpt):
+    return load_model(own_ckpt).config
+
 
 @pytest.fixture(scope="session")
 def sft_data(tmp_path_factory) -> Path:

@@ -6,22 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qwenvl.processing import Processor
 from qwenvl.train.data import BadRecord, DataOptions, Stream, encode, parse_record, read_records
 from qwenvl.train.pack import IGNORE, best_fit_decreasing, collate, plan_rows
-from qwenvl.model.weights import load_model
 
 from train_util import write_images, write_jsonl
-
-
-@pytest.fixture(scope="module")
-def proc(own_ckpt):
-    return Processor.from_pretrained(own_ckpt)
-
-
-@pytest.fixture(scope="module")
-def config(own_ckpt):
-    return load_model(own_ckpt).config
 
 
 def supervised_text(sample, tok) -> str:

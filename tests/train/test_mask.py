@@ -9,20 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from qwenvl.model.weights import load_model
-from qwenvl.processing import Processor, chat
+from qwenvl.processing import chat
 from qwenvl.train.data import BadRecord, encode
 from qwenvl.train.pack import IGNORE
-
-
-@pytest.fixture(scope="module")
-def proc(own_ckpt):
-    return Processor.from_pretrained(own_ckpt)
-
-
-@pytest.fixture(scope="module")
-def config(own_ckpt):
-    return load_model(own_ckpt).config
 
 
 def decoded_mask(ids: list[int], tok) -> list[bool]:
