@@ -69,6 +69,14 @@ def good_request_works(base: str) -> None:
     assert r.choices[0].finish_reason in ("stop", "length")
 
 
+def at_once(base: str, *requests: dict) -> list:
+    """Chat requests sent together (so the engine batches them); each result or the exception it raised."""
+    async def run():
+        ac = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=120)
+        return await asyncio.gather(*(ac.chat.completions.create(**r) for r in requests), return_exceptions=True)
+    return asyncio.run(run())
+
+
 def video_part(url: str, **options) -> list[dict]:
     return [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url, **options}},
                                          {"type": "text", "text": "What happens?"}]}]
@@ -261,13 +269,7 @@ def test_a_failing_sequence_does_not_harm_its_neighbour(server, pipe, monkeypatc
 
     monkeypatch.setattr(engine_mod, "sample", sampler)
 
-    async def both():
-        ac = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=120)
-        good = asyncio.ensure_future(ac.chat.completions.create(**kw))
-        bad = asyncio.ensure_future(ac.chat.completions.create(**{**kw, "seed": 666}))
-        return await asyncio.gather(good, bad, return_exceptions=True)
-
-    good, bad = asyncio.run(both())
+    good, bad = at_once(base, kw, {**kw, "seed": 666})
     assert isinstance(bad, openai.InternalServerError) and bad.body["code"] == "generation_failed"
     assert good.choices[0].message.content == alone and good.usage.completion_tokens == 12
     monkeypatch.setattr(engine_mod, "sample", real)
@@ -278,12 +280,8 @@ def test_tiny_temperature_runs_next_to_a_neighbour(server):
     base, _ = server
     kw = dict(model="m", messages=TEXT, max_tokens=8, extra_body={"ignore_eos": True})
 
-    async def both():
-        ac = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=120)
-        return await asyncio.gather(ac.chat.completions.create(**kw, temperature=1e-39, seed=1),
-                                    ac.chat.completions.create(**kw, temperature=0))
-
-    for r in asyncio.run(both()):
+    for r in at_once(base, {**kw, "temperature": 1e-39, "seed": 1}, {**kw, "temperature": 0}):
+        assert not isinstance(r, Exception), r
         assert r.usage.completion_tokens == 8
 
 
@@ -667,14 +665,7 @@ def test_a_failing_grammar_constraint_ends_only_its_own_request(server, monkeypa
 
     monkeypatch.setattr(Constraint, "advance", advance)
 
-    async def both():
-        ac = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=120)
-        good = asyncio.ensure_future(ac.chat.completions.create(**kw))
-        bad = asyncio.ensure_future(ac.chat.completions.create(
-            **{**kw, "extra_body": {"ignore_eos": True, "guided_regex": "[a-z]{20,40}"}}))
-        return await asyncio.gather(good, bad, return_exceptions=True)
-
-    good, bad = asyncio.run(both())
+    good, bad = at_once(base, kw, {**kw, "extra_body": {"ignore_eos": True, "guided_regex": "[a-z]{20,40}"}})
     assert isinstance(bad, openai.InternalServerError) and bad.body["code"] == "generation_failed"
     assert good.choices[0].message.content == alone and good.usage.completion_tokens == 10
     monkeypatch.setattr(Constraint, "advance", real)
