@@ -25,7 +25,6 @@ from .engine.logprobs import prompt_logprobs
 from .engine.sampling import SamplingParams
 from .errors import ContextLengthError
 from .model import QwenVL
-from .model.weights import load_model
 from .dtypes import DTYPES
 
 MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")

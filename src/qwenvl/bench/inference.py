@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -464,7 +462,7 @@ def ratio(a, b):
 
 def run(args, progress=lambda msg: None) -> dict:
     from ..fast import load_checkpoint, prepare
-    from ..model.weights import load_model, random_model, save_model
+    from ..model.weights import random_model, save_model
 
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
