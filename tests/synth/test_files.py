@@ -89,6 +89,11 @@ def test_data_synth_cli(tmp_path, capsys):
     assert len(read_records(out / "train.jsonl", on_bad="fail")) == 4
     with pytest.raises(SystemExit):
         main(["data", "synth", "--task", "nope", "--n", "1", "--out", str(out)])
+    narrow = tmp_path / "narrow"
+    assert main(["data", "synth", "--task", "ground", "--n", "6", "--out", str(narrow), "--objects", "1", "1",
+                 "--shapes", "star", "--colors", "red", "blue", "--backgrounds", "plain"]) == 0
+    labels = {json.loads(line)["target"]["label"] for line in (narrow / "eval.jsonl").read_text().splitlines()}
+    assert labels <= {"red star", "blue star"} and labels
 
 
 @pytest.mark.parametrize("task", ["ground", "video_ground"])

@@ -282,6 +282,33 @@ def test_curriculum_ranges():
         synth.sample("video_ground", rng, fps_range=(0, 1))
 
 
+def test_palette_and_background_options():
+    """A first curriculum stage may narrow the palette and the backgrounds; the scene keeps to them."""
+    import numpy as np
+    rng = random.Random(3)
+    seen = set()
+    for _ in range(30):
+        ex = synth.sample("ground", rng, objects=(1, 1), shapes=("circle", "square"), colors=("red", "blue"),
+                          backgrounds=("plain",), size_range=(60, 120), order="media_first")
+        seen.add(ex.targets[0]["label"])
+        img = np.asarray(media(ex)["image"])
+        x1, y1, x2, y2 = ex.targets[0]["bbox"]
+        outside = np.ones(img.shape[:2], bool)
+        outside[max(0, y1 - 3):y2 + 3, max(0, x1 - 3):x2 + 3] = False
+        assert len(np.unique(img[outside].reshape(-1, 3), axis=0)) == 1   # plain: one background colour
+    assert seen == {"red circle", "red square", "blue circle", "blue square"}
+    counts = {next(c["text"] for c in synth.sample("count", rng, shapes=("star",), objects=(1, 3)).messages[0]["content"]
+                   if c["type"] == "text") for _ in range(20)}
+    assert counts <= {"How many stars are there?", "How many shapes are there?"}
+    noisy = synth.sample("ground", random.Random(4), backgrounds=("noise",), objects=(1, 1), size_range=(200, 200))
+    assert len(np.unique(np.asarray(media(noisy)["image"]).reshape(-1, 3), axis=0)) > 50
+    for bad, match in [({"shapes": ("hexagon",)}, "hexagon"), ({"colors": ("teal",)}, "teal"),
+                       ({"backgrounds": ("marble",)}, "marble"), ({"backgrounds": ()}, "backgrounds"),
+                       ({"shapes": ("star",), "colors": ("red",), "objects": (1, 2)}, "pairs")]:
+        with pytest.raises(ValueError, match=match):
+            synth.sample("ground", random.Random(0), **bad)
+
+
 @pytest.mark.parametrize("kind", ["circle", "square", "triangle", "star", "cross"])
 def test_target_box_is_the_drawn_shape(kind):
     """The tight box of every shape is the box of its pixels (within a pixel), and the answer point is on it."""

@@ -14,7 +14,7 @@ import time
 
 
 def register(sub) -> None:
-    from ..synth import ORDERS, TASKS
+    from ..synth import BACKGROUNDS, ORDERS, TASKS
 
     p = sub.add_parser("data", help="make datasets (synthetic scenes, documents, screens, clips)")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
@@ -36,6 +36,10 @@ def register(sub) -> None:
     a("--objects", type=int, nargs=2, default=(1, 6), metavar=("MIN", "MAX"), help="shapes in a scene (1-6)")
     a("--fps-range", type=float, nargs=2, default=(0.5, 4.0), metavar=("MIN", "MAX"), help="clips' frame rates")
     a("--seconds-range", type=float, nargs=2, default=(2.0, 12.0), metavar=("MIN", "MAX"), help="clips' lengths")
+    a("--backgrounds", nargs="+", default=list(BACKGROUNDS), choices=list(BACKGROUNDS),
+      help="background kinds of shape scenes and clips")
+    a("--shapes", nargs="+", metavar="SHAPE", help="shape scenes draw only these kinds (default: all)")
+    a("--colors", nargs="+", metavar="COLOR", help="shape scenes draw only these colours (default: all)")
     s.set_defaults(func=run_synth)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -47,7 +51,9 @@ def run_synth(args) -> int:
     train, evalf = write(args.task, args.n, args.out, args.seed, turns=args.turns, min_pixels=args.min_pixels,
                          max_pixels=args.max_pixels, video_max_pixels=args.video_max_pixels,
                          size_range=tuple(args.size_range), order=args.order, objects=tuple(args.objects),
-                         fps_range=tuple(args.fps_range), seconds_range=tuple(args.seconds_range))
+                         fps_range=tuple(args.fps_range), seconds_range=tuple(args.seconds_range),
+                         backgrounds=tuple(args.backgrounds), shapes=args.shapes and tuple(args.shapes),
+                         colors=args.colors and tuple(args.colors))
     rows = sum(1 for line in evalf.open(encoding="utf-8") if line.strip())
     print(json.dumps({"task": args.task, "examples": args.n, "questions": rows, "train": str(train),
                       "eval": str(evalf), "seconds": round(time.perf_counter() - t0, 2)}))

@@ -34,6 +34,7 @@ from pathlib import Path
 
 TASKS: tuple[str, ...] = ("ground", "ground_all", "point", "count", "read", "document", "gui", "video_ground")
 ORDERS = ("random", "media_first", "text_first")
+BACKGROUNDS = ("plain", "noise", "gradient")
 
 __all__ = ["TASKS", "Example", "sample", "score", "stream", "corpus", "write"]
 
@@ -58,6 +59,9 @@ class Opts:
     objects: tuple[int, int] = (1, 6)            # shapes in a scene
     fps_range: tuple[float, float] = (0.5, 4.0)  # clips' frame rates
     seconds_range: tuple[float, float] = (2.0, 12.0)  # clips' lengths
+    backgrounds: tuple[str, ...] = BACKGROUNDS  # shape scenes' and clips' backgrounds
+    shapes: tuple[str, ...] | None = None       # shape scenes' kinds and colours (None: all of them)
+    colors: tuple[str, ...] | None = None
 
     def insize(self, size) -> tuple[int, int]:
         from .common import input_size
@@ -95,7 +99,7 @@ def _generator(task: str):
 
 
 def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixels, draw, objects=(1, 6),
-           fps_range=(0.5, 4.0), seconds_range=(2.0, 12.0)):
+           fps_range=(0.5, 4.0), seconds_range=(2.0, 12.0), backgrounds=BACKGROUNDS, shapes=None, colors=None):
     if turns < 1:
         raise ValueError(f"turns must be >= 1, got {turns}")
     lo, hi = size_range
@@ -109,9 +113,21 @@ def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixel
         raise ValueError(f"fps_range must be (lo, hi) with 0 < lo <= hi, got {fps_range}")
     if not 0 < seconds_range[0] <= seconds_range[1]:
         raise ValueError(f"seconds_range must be (lo, hi) with 0 < lo <= hi, got {seconds_range}")
+    bad = [b for b in backgrounds if b not in BACKGROUNDS] or ([] if backgrounds else ["(none)"])
+    if bad:
+        raise ValueError(f"backgrounds: unknown kind {bad[0]!r}; choose from {', '.join(BACKGROUNDS)}")
+    if shapes is not None or colors is not None:
+        from .common import COLORS, SHAPES
+        for what, given, known in (("shapes", shapes, SHAPES), ("colors", colors, tuple(COLORS))):
+            bad = [x for x in (given or ()) if x not in known] or ([] if given is None or given else ["(none)"])
+            if bad:
+                raise ValueError(f"{what}: unknown {what[:-1]} {bad[0]!r}; choose from {', '.join(known)}")
+        if len(shapes or SHAPES) * len(colors or COLORS) < objects[1]:
+            raise ValueError(f"{objects[1]} objects a scene need as many colour + shape pairs; "
+                             f"shapes {shapes} x colors {colors} give fewer")
     budget = video_max_pixels if task == "video_ground" else max_pixels
     opts = Opts(min(min_pixels, budget), budget, (lo, hi), turns, draw, tuple(objects), tuple(fps_range),
-                tuple(seconds_range))
+                tuple(seconds_range), tuple(backgrounds), shapes and tuple(shapes), colors and tuple(colors))
     media, size, qa, *rest = _generator(task)(rng, opts)
     return media, size, qa, opts, (rest[0] if rest else None)
 
@@ -119,18 +135,21 @@ def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixel
 def sample(task: str, rng: random.Random, *, min_pixels: int = 4 * 28 * 28, max_pixels: int = 160 * 28 * 28,
            turns: int = 1, size_range: tuple[int, int] = (112, 640), video_max_pixels: int = 64 * 28 * 28,
            order: str = "random", objects: tuple[int, int] = (1, 6), fps_range: tuple[float, float] = (0.5, 4.0),
-           seconds_range: tuple[float, float] = (2.0, 12.0)) -> Example:
+           seconds_range: tuple[float, float] = (2.0, 12.0), backgrounds: tuple[str, ...] = BACKGROUNDS,
+           shapes: tuple[str, ...] | None = None, colors: tuple[str, ...] | None = None) -> Example:
     """One example of `task` drawn from `rng`.
 
     size_range: original image / frame sides in pixels. order: where the media goes in the first user
     turn, "media_first", "text_first" (what `qwenvl ground/locate/parse-doc` send) or "random" (either,
     so the model answers both the chat and the task commands). objects: how many shapes a scene holds
     (shape tasks; a curriculum may start at (1, 1)). fps_range / seconds_range: clips' frame rate and
-    length (video_ground; at least 4 frames whatever the range)."""
+    length (video_ground; at least 4 frames whatever the range). backgrounds: the kinds a shape scene or
+    clip is drawn on ("plain", "noise", "gradient"; a curriculum may start on plain ones). shapes / colors:
+    the kinds and colours shape scenes draw from (None: all; a curriculum may start with fewer)."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     media, size, qa, opts, fps = _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixels, True,
-                                        objects, fps_range, seconds_range)
+                                        objects, fps_range, seconds_range, backgrounds, shapes, colors)
     if task == "video_ground":
         item = {"type": "video", "video": media, "fps": fps}
     else:

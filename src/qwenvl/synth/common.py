@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..processing.image import smart_resize
+from . import BACKGROUNDS
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 210, 30),
           "purple": (140, 60, 180), "orange": (245, 140, 30), "black": (20, 20, 20), "white": (250, 250, 250)}
@@ -103,12 +104,12 @@ def contrasting(rng: random.Random, bg, min_diff: float = 110.0) -> tuple[int, i
 # ----------------------------------------------------------------------------------------- backgrounds
 
 def background(rng: random.Random, size: tuple[int, int], base, kind: str | None = None,
-               strength: int = 28) -> Image.Image:
-    """A plain, noisy or gradient background around colour `base`. Noise is drawn at 1/6 of the
+               strength: int = 28, kinds: tuple[str, ...] = BACKGROUNDS) -> Image.Image:
+    """A plain, noisy or gradient background around colour `base` (`kind`, or one of `kinds`). Noise is drawn at 1/6 of the
     resolution and upscaled, which keeps a 300 px scene at ~1 ms and gives texture the model must
     look through (rather than pixel noise the resize averages away)."""
     w, h = size
-    kind = kind or rng.choice(("plain", "noise", "gradient"))
+    kind = kind or rng.choice(kinds)
     if kind == "plain":
         return Image.new("RGB", size, tuple(base))
     if kind == "noise":

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from PIL import ImageDraw, ImageFilter
 
 from ..tasks.grounding import DETECT_PROMPT
-from .common import COLORS, SHAPES, background, draw_shape, far_colour, json_answer, place_boxes, shade, to_input
+from .common import BACKGROUNDS, COLORS, SHAPES, background, draw_shape, far_colour, json_answer, place_boxes, shade, to_input
 
 LOCATE = "Locate the {name}, output its bbox coordinates using JSON format."
 POINT = "Point to the {name}, output its coordinates in JSON format."
@@ -38,18 +38,20 @@ class _Sketch:
     rectangle = polygon = text = line = rounded_rectangle = ellipse
 
 
-def scene(rng: random.Random, size_range: tuple[int, int], draw: bool = True, objects: tuple[int, int] = (1, 6)):
-    """(image or None, (w, h), objects)."""
+def scene(rng: random.Random, size_range: tuple[int, int], draw: bool = True, objects: tuple[int, int] = (1, 6),
+          backgrounds: tuple[str, ...] = BACKGROUNDS, shapes: tuple[str, ...] | None = None,
+          colors: tuple[str, ...] | None = None):
+    """(image or None, (w, h), objects); `shapes` / `colors` narrow the palette (None: all)."""
     w, h = rng.randint(*size_range), rng.randint(*size_range)
     n = rng.randint(*objects)
-    pairs = rng.sample([(c, k) for c in COLORS for k in SHAPES], n)
+    pairs = rng.sample([(c, k) for c in (colors or COLORS) for k in (shapes or SHAPES)], n)
     m = min(w, h)
     lo = max(10, m // 10)
     hi = max(lo, m // (3 if n <= 3 else 4))
     boxes = place_boxes(rng, (w, h), n, lo, hi)
     fills = [shade(rng, c) for c, _ in pairs[:len(boxes)]]
     base = far_colour(rng, fills)
-    img = background(rng, (w, h), base) if draw else None
+    img = background(rng, (w, h), base, kinds=backgrounds) if draw else None
     d = ImageDraw.Draw(img) if draw else _Sketch()
     objs = []
     for (c, k), box, fill in zip(pairs, boxes, fills):
@@ -75,7 +77,8 @@ def _pick(rng: random.Random, pool: list, used: list):
     return choice
 
 
-def questions(task: str, rng: random.Random, objs: list[Obj], size, insize, turns: int) -> list[tuple[str, str, dict]]:
+def questions(task: str, rng: random.Random, objs: list[Obj], size, insize, turns: int,
+              shapes: tuple[str, ...] = SHAPES) -> list[tuple[str, str, dict]]:
     """(question, answer, target) per turn, up to `turns`; targets in original pixels. A shape is asked for
     once per conversation (ground, point: a scene of n shapes gives at most n turns), since a repeated
     question is answered by copying the earlier reply, which teaches nothing."""
@@ -101,7 +104,7 @@ def questions(task: str, rng: random.Random, objs: list[Obj], size, insize, turn
                         {"boxes": [list(o.box) for o in sel], "labels": [o.name for o in sel]}))
         elif task == "count":
             # Every shape kind may be asked, present or not (0 is an answer too), and "shapes" overall.
-            kind = _pick(rng, list(SHAPES) + ["shape"] * 2, used)
+            kind = _pick(rng, list(shapes) + ["shape"] * 2, used)
             n = len(objs) if kind == "shape" else sum(o.kind == kind for o in objs)
             out.append((COUNT.format(kind=kind), str(n), {"count": n}))
         else:
@@ -110,6 +113,6 @@ def questions(task: str, rng: random.Random, objs: list[Obj], size, insize, turn
 
 
 def generate(task: str, rng: random.Random, opts):
-    img, size, objs = scene(rng, opts.size_range, opts.draw, opts.objects)
+    img, size, objs = scene(rng, opts.size_range, opts.draw, opts.objects, opts.backgrounds, opts.shapes, opts.colors)
     insize = opts.insize(size)
-    return img, size, questions(task, rng, objs, size, insize, opts.turns)
+    return img, size, questions(task, rng, objs, size, insize, opts.turns, opts.shapes or SHAPES)
