@@ -13,10 +13,11 @@
    - train5 (chunk4): the same on one shape a scene, small images, one question each; stopped at 1300;
    - train6 (chunk5): 2000 more steps of that, then grounding, pointing, counting, all-objects and
      video again on 1-4 shapes for 1000;
-   - train7-10: from random weights again, single-object grounding, to find what keeps boxes from
+   - train7-11: from random weights again, single-object grounding, to find what keeps boxes from
      following the image (docs/training.md): the xs model (`init --size xs`), the probe's exact model and
      template (`init --size probe --stock-template`), a decoder RoPE base of 100 (`init --size xs
-     --rope-theta 100`), a fixed 4 x 4 grid first (train10, from chunk9);
+     --rope-theta 100`), a fixed 4 x 4 grid first (train10, from chunk9), a 6-layer decoder
+     (`init --size xs-deep --rope-theta 100`);
    (train3 was a discarded variant of train4; the script keeps the chunks the shipped model came from)
 3. `eval`: `qwenvl eval run` on held-out sets written by `qwenvl.synth.write` (another seed, scenes up
    to 1000 px a side);
@@ -250,8 +251,8 @@ def main() -> None:
     elif args.step == "export":
         export(out, args.chunk)
     else:
-        {"init": lambda: init(out, args.vocab, args.size, args.stock_template, args.rope_theta), "eval": lambda: evaluate(out, args.n, args.model),
-         "ship": lambda: ship(out)}[args.step]()
+        {"init": lambda: init(out, args.vocab, args.size, args.stock_template, args.rope_theta),
+         "eval": lambda: evaluate(out, args.n, args.model), "ship": lambda: ship(out)}[args.step]()
 
 
 if __name__ == "__main__":

@@ -105,9 +105,9 @@ def contrasting(rng: random.Random, bg, min_diff: float = 110.0) -> tuple[int, i
 
 def background(rng: random.Random, size: tuple[int, int], base, kind: str | None = None,
                strength: int = 28, kinds: tuple[str, ...] = BACKGROUNDS) -> Image.Image:
-    """A plain, noisy or gradient background around colour `base` (`kind`, or one of `kinds`). Noise is drawn at 1/6 of the
-    resolution and upscaled, which keeps a 300 px scene at ~1 ms and gives texture the model must
-    look through (rather than pixel noise the resize averages away)."""
+    """A plain, noisy or gradient background around colour `base` (`kind`, or one of `kinds` at random).
+    Noise is drawn at 1/6 of the resolution and upscaled, which keeps a 300 px scene at ~1 ms and gives
+    texture the model must look through (rather than pixel noise the resize averages away)."""
     w, h = size
     kind = kind or rng.choice(kinds)
     if kind == "plain":

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from PIL import ImageDraw, ImageFilter
 
 from ..tasks.grounding import DETECT_PROMPT
-from .common import BACKGROUNDS, COLORS, SHAPES, background, draw_shape, far_colour, json_answer, place_boxes, shade, to_input
+from .common import (BACKGROUNDS, COLORS, SHAPES, background, draw_shape, far_colour, json_answer, place_boxes,
+                     shade, to_input)
 
 LOCATE = "Locate the {name}, output its bbox coordinates using JSON format."
 POINT = "Point to the {name}, output its coordinates in JSON format."
