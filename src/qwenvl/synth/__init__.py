@@ -60,8 +60,8 @@ class Opts:
     fps_range: tuple[float, float] = (0.5, 4.0)  # clips' frame rates
     seconds_range: tuple[float, float] = (2.0, 12.0)  # clips' lengths
     backgrounds: tuple[str, ...] = BACKGROUNDS  # shape scenes' and clips' backgrounds
-    shapes: tuple[str, ...] | None = None       # shape scenes' kinds and colours (None: all of them)
-    colors: tuple[str, ...] | None = None
+    shapes: tuple[str, ...] = ()                # shape scenes' kinds and colours (_draft fills in all by default)
+    colors: tuple[str, ...] = ()
 
     def insize(self, size) -> tuple[int, int]:
         from .common import input_size
@@ -98,6 +98,18 @@ def _generator(task: str):
     raise ValueError(f"unknown synth task {task!r}; known: {', '.join(TASKS)}")
 
 
+def _names(what: str, given, known: tuple[str, ...]) -> tuple[str, ...]:
+    """`given` (None: all of `known`) checked against `known`."""
+    if given is None:
+        return known
+    given = tuple(given)
+    bad = [x for x in given if x not in known]
+    if bad or not given:
+        problem = f"unknown {bad[0]!r}" if bad else "none given"
+        raise ValueError(f"{what}: {problem}; choose from {', '.join(known)}")
+    return given
+
+
 def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixels, draw, objects=(1, 6),
            fps_range=(0.5, 4.0), seconds_range=(2.0, 12.0), backgrounds=BACKGROUNDS, shapes=None, colors=None):
     if turns < 1:
@@ -113,21 +125,15 @@ def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixel
         raise ValueError(f"fps_range must be (lo, hi) with 0 < lo <= hi, got {fps_range}")
     if not 0 < seconds_range[0] <= seconds_range[1]:
         raise ValueError(f"seconds_range must be (lo, hi) with 0 < lo <= hi, got {seconds_range}")
-    bad = [b for b in backgrounds if b not in BACKGROUNDS] or ([] if backgrounds else ["(none)"])
-    if bad:
-        raise ValueError(f"backgrounds: unknown kind {bad[0]!r}; choose from {', '.join(BACKGROUNDS)}")
-    if shapes is not None or colors is not None:
-        from .common import COLORS, SHAPES
-        for what, given, known in (("shapes", shapes, SHAPES), ("colors", colors, tuple(COLORS))):
-            bad = [x for x in (given or ()) if x not in known] or ([] if given is None or given else ["(none)"])
-            if bad:
-                raise ValueError(f"{what}: unknown {what[:-1]} {bad[0]!r}; choose from {', '.join(known)}")
-        if len(shapes or SHAPES) * len(colors or COLORS) < objects[1]:
-            raise ValueError(f"{objects[1]} objects a scene need as many colour + shape pairs; "
-                             f"shapes {shapes} x colors {colors} give fewer")
+    from .common import COLORS, SHAPES
+    backgrounds = _names("backgrounds", backgrounds, BACKGROUNDS)
+    shapes, colors = _names("shapes", shapes, SHAPES), _names("colors", colors, tuple(COLORS))
+    if len(shapes) * len(colors) < objects[1]:
+        raise ValueError(f"{objects[1]} objects a scene need as many colour + shape pairs; "
+                         f"shapes {shapes} x colors {colors} give fewer")
     budget = video_max_pixels if task == "video_ground" else max_pixels
     opts = Opts(min(min_pixels, budget), budget, (lo, hi), turns, draw, tuple(objects), tuple(fps_range),
-                tuple(seconds_range), tuple(backgrounds), shapes and tuple(shapes), colors and tuple(colors))
+                tuple(seconds_range), backgrounds, shapes, colors)
     media, size, qa, *rest = _generator(task)(rng, opts)
     return media, size, qa, opts, (rest[0] if rest else None)
 

@@ -40,12 +40,12 @@ class _Sketch:
 
 
 def scene(rng: random.Random, size_range: tuple[int, int], draw: bool = True, objects: tuple[int, int] = (1, 6),
-          backgrounds: tuple[str, ...] = BACKGROUNDS, shapes: tuple[str, ...] | None = None,
-          colors: tuple[str, ...] | None = None):
-    """(image or None, (w, h), objects); `shapes` / `colors` narrow the palette (None: all)."""
+          backgrounds: tuple[str, ...] = BACKGROUNDS, shapes: tuple[str, ...] = SHAPES,
+          colors: tuple[str, ...] = tuple(COLORS)):
+    """(image or None, (w, h), objects); `shapes` / `colors` may narrow the palette."""
     w, h = rng.randint(*size_range), rng.randint(*size_range)
     n = rng.randint(*objects)
-    pairs = rng.sample([(c, k) for c in (colors or COLORS) for k in (shapes or SHAPES)], n)
+    pairs = rng.sample([(c, k) for c in colors for k in shapes], n)
     m = min(w, h)
     lo = max(10, m // 10)
     hi = max(lo, m // (3 if n <= 3 else 4))
@@ -116,4 +116,4 @@ def questions(task: str, rng: random.Random, objs: list[Obj], size, insize, turn
 def generate(task: str, rng: random.Random, opts):
     img, size, objs = scene(rng, opts.size_range, opts.draw, opts.objects, opts.backgrounds, opts.shapes, opts.colors)
     insize = opts.insize(size)
-    return img, size, questions(task, rng, objs, size, insize, opts.turns, opts.shapes or SHAPES)
+    return img, size, questions(task, rng, objs, size, insize, opts.turns, opts.shapes)
