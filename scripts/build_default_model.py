@@ -18,6 +18,8 @@
      template (`init --size probe --stock-template`), a decoder RoPE base of 100 (`init --size xs
      --rope-theta 100`), a fixed 4 x 4 grid first (train10, from chunk9), a 6-layer decoder
      (`init --size xs-deep --rope-theta 100`);
+   - train12-13: a decoder RoPE base of 10 (`init --size xs --rope-theta 10`), chunk 10's curriculum, then the
+     probe's light grey background first;
    (train3 was a discarded variant of train4; the script keeps the chunks the shipped model came from)
 3. `eval`: `qwenvl eval run` on held-out sets written by `qwenvl.synth.write` (another seed, scenes up
    to 1000 px a side);
@@ -133,6 +135,27 @@ RECIPE10 = {
 
 # Chunk 11: chunk 9's recipe on a 6-layer decoder (the place has to be computed, then written as digits).
 
+# Chunk 12: RoPE rotates queries and keys, never values, so a token's place reaches the answer only through
+# attention scores, and on a plain background the tower's features carry none (every background patch is
+# alike). The decoder's route is the offset of each image token from <|vision_start|>, (1, 1 + row,
+# 1 + column) in MRoPE's sections; at a base of 100 the width band still turns only 0.012-0.056 radians a
+# column. A base of 10 turns the height band 0.26-0.56 and the width band 0.11-0.24 radians a step, so a
+# row or column changes a score by a useful amount. From random weights, chunk 10's curriculum.
+RECIPE12 = {**RECIPE10, "warmup": 30}
+
+# Chunk 12 did not lift off either (0.00 at 1750 steps). Two diagnostics on a 4 x 4 token grid (112 px
+# images, one square filling one cell, "Where is the square?" -> "row R column C"; docs/training.md) split
+# the problem in two: on backgrounds of random colours neither base learned it in 18k samples (finding the
+# odd token is slow), while on a light grey background rows were learned at the release's base (row 1.00,
+# column 0.35 at 22k samples) and both at a base of 10 (exact 1.00 by 18k). So chunk 13 is the probe's
+# scene (a light grey background, 3 shapes in 7 colours) at a base of 10, then every background.
+RECIPE13 = {
+    **RECIPE7, "synth": {**PROBE_SYNTH, "backgrounds": ["light"]}, "data": None, "max_steps": 3500,
+    "curriculum": [{"steps": 2000, "data": "synth:ground"},
+                   {"steps": 1500, "data": "synth:ground",
+                    "synth": {"backgrounds": ["plain", "noise", "gradient"], "shapes": None, "colors": None}}],
+}
+
 # name -> (starts from, recipe, where its end is exported); `train NAME` runs (or resumes) it
 CHUNKS = {
     "train1": ("init", RECIPE1, "chunk1"),
@@ -145,6 +168,8 @@ CHUNKS = {
     "train9": ("init-xs-theta100", RECIPE9, "chunk9"),
     "train10": ("chunk9", RECIPE10, "chunk10"),
     "train11": ("init-xs-deep-theta100", RECIPE9, "chunk11"),
+    "train12": ("init-xs-theta10", RECIPE12, "chunk12"),
+    "train13": ("init-xs-theta10", RECIPE13, "chunk13"),
 }
 SHIPPED = "chunk2"   # train2: no later chunk scored better on the held-out sets
 

@@ -304,6 +304,16 @@ def test_palette_and_background_options():
     assert counts <= {"How many stars are there?", "How many shapes are there?"}
     noisy = synth.sample("ground", random.Random(4), backgrounds=("noise",), objects=(1, 1), size_range=(200, 200))
     assert len(np.unique(np.asarray(media(noisy)["image"]).reshape(-1, 3), axis=0)) > 50
+    # light: a light grey, except under a light shape (white, yellow), which keeps a plain far colour
+    corners = {}
+    for i in range(40):
+        ex = synth.sample("ground", random.Random(i), backgrounds=("light",), objects=(1, 1), order="media_first")
+        px = media(ex)["image"].getpixel((0, 0))
+        corners[ex.targets[0]["label"].split()[0]] = px
+        if ex.targets[0]["label"].split()[0] not in ("white", "yellow"):
+            assert px[0] == px[1] == px[2] >= 220, (ex.targets[0]["label"], px)
+    assert {"white", "red"} <= set(corners) and not (corners["white"][0] == corners["white"][1] == corners["white"][2]
+                                                       and corners["white"][0] >= 220)
     for bad, match in [({"shapes": ("hexagon",)}, "hexagon"), ({"colors": ("teal",)}, "teal"),
                        ({"backgrounds": ("marble",)}, "marble"), ({"backgrounds": ()}, "backgrounds"),
                        ({"shapes": ("star",), "colors": ("red",), "objects": (1, 2)}, "pairs")]:

@@ -542,8 +542,8 @@ def run(args, progress=lambda msg: None) -> dict:
             result["transformers"] = ref
         if getattr(args, "peer", None) == "llama.cpp":
             from .peer import run_peer
-            result["peer"] = run_peer(path, str(dtype).removeprefix("torch."), len(req.prompt_ids),
-                                      args.decode_tokens, torch.get_num_threads(), progress, args.tmp_dir)
+            result["peer"] = run_peer(path, str(dtype).removeprefix("torch."), (width, height), args.decode_tokens,
+                                      torch.get_num_threads(), progress, args.tmp_dir)
     finally:
         rss.stop()
         if tmp is not None:
@@ -642,6 +642,12 @@ MEANINGS = {
     "video_per_frame_spread": "slowest / fastest tower time per frame over the video lengths; 1.0 = linear",
     "int8_decode_x_float": "int8 decode speed / float decode speed",
     "int8_decode_pct_of_int8_matvec": "int8 decode bandwidth as % of the int8 matvec ceiling",
+    "decode_x_llamacpp_bf16": "our bf16 decode tokens/s over llama.cpp's BF16 (F16 for float16 weights)",
+    "decode_x_llamacpp_q8_0": "our int8 decode over llama.cpp's Q8_0",
+    "decode_x_llamacpp_q4_0": "our int4 decode over llama.cpp's Q4_0",
+    "vision_x_llamacpp": "llama.cpp's image encoder time (F16 mmproj) over our tower's",
+    "ttft_x_llamacpp_bf16": "llama.cpp's time to first token (BF16) over ours",
+    "ttft_x_llamacpp_q4_0": "llama.cpp's time to first token with Q4_0 over ours (bf16)",
 }
 
 
@@ -697,7 +703,8 @@ def format_table(r: dict) -> str:
               "greedy_tokens_equal", "greedy_first_difference",
               "video_per_frame_spread", "int8_decode_x_float", "int8_decode_pct_of_int8_matvec",
               "int4_decode_x_float", "int4_decode_x_int8", "int4_top1_agreement",
-              "decode_x_llamacpp_bf16", "decode_x_llamacpp_q8_0", "decode_x_llamacpp_q4_0", "peer_skipped"):
+              "decode_x_llamacpp_bf16", "decode_x_llamacpp_q8_0", "decode_x_llamacpp_q4_0", "vision_x_llamacpp",
+              "ttft_x_llamacpp_bf16", "ttft_x_llamacpp_q4_0", "peer_skipped"):
         if k in s:
             value = f"{s[k]:.2f}" if isinstance(s[k], float) else str(s[k])
             lines.append(f"  {k}: {value}" + (f"   ({MEANINGS[k]})" if k in MEANINGS else ""))
@@ -705,6 +712,10 @@ def format_table(r: dict) -> str:
         lines.append("  " + greedy_verdict(r))
     for v in ours.get("video", []):
         lines.append(f"  video ours {v['frames']} frames: {v['s']:.2f} s ({v['s_per_frame'] * 1e3:.1f} ms/frame)")
+    for label, p in (r.get("peer") or {}).get("widths", {}).items():
+        lines.append(f"  llama.cpp {label}: encoder {p['vision_s']:.2f} s, first token {p['ttft_s']:.2f} s "
+                     f"({p['prompt_tokens']} prompt tokens), decode "
+                     + (f"{p['decode_tok_s']:.2f} t/s" if p.get("decode_tok_s") else "-"))
     for kind in ("int8", "int4"):
         if kind in ours:
             q = ours[kind]

@@ -30,8 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--quantize-vision", action="store_true", help="with --quantize: the tower too")
     p.add_argument("--compile", action="store_true", help="torch.compile our decode step (engine.Engine)")
     p.add_argument("--peer", choices=["llama.cpp"],
-                   help="also run the checkpoint through llama.cpp (GGUF BF16/F16, Q8_0, Q4_0 via its converter and "
-                        "llama-bench; skipped with the reason when llama.cpp is not installed)")
+                   help="also run the checkpoint through llama.cpp (GGUF BF16/F16, Q8_0, Q4_0 via its converter, "
+                        "llama-mtmd-cli on the same image size; skipped with the reason when llama.cpp is not "
+                        "installed); implies --quantize int8,int4 unless --quantize is given")
     p.add_argument("--skip-reference", action="store_true", help="do not run transformers")
     p.add_argument("--skip-ceilings", action="store_true", help="do not measure the machine's ceilings")
     p.add_argument("--skip-load-probe", action="store_true", help="do not measure the peak RSS of loading alone")
@@ -56,6 +57,8 @@ def run(args) -> int:
                        "e.g. 8,32") from None
     if args.decode_tokens < 0:
         raise CLIError("--decode-tokens must be >= 0")
+    if args.peer and not args.quantize:   # the peer runs at three widths: ours too
+        args.quantize = "int8,int4"
     if args.model:
         check_model(args.model)
     check_device(args.device)

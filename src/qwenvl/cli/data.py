@@ -14,7 +14,7 @@ import time
 
 
 def register(sub) -> None:
-    from ..synth import BACKGROUNDS, ORDERS, TASKS
+    from ..synth import BACKGROUND_KINDS, BACKGROUNDS, ORDERS, TASKS
 
     p = sub.add_parser("data", help="make datasets (synthetic scenes, documents, screens, clips)")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
@@ -36,8 +36,8 @@ def register(sub) -> None:
     a("--objects", type=int, nargs=2, default=(1, 6), metavar=("MIN", "MAX"), help="shapes in a scene (1-6)")
     a("--fps-range", type=float, nargs=2, default=(0.5, 4.0), metavar=("MIN", "MAX"), help="clips' frame rates")
     a("--seconds-range", type=float, nargs=2, default=(2.0, 12.0), metavar=("MIN", "MAX"), help="clips' lengths")
-    a("--backgrounds", nargs="+", default=list(BACKGROUNDS), choices=list(BACKGROUNDS),
-      help="background kinds of shape scenes and clips")
+    a("--backgrounds", nargs="+", default=list(BACKGROUNDS), choices=list(BACKGROUND_KINDS),
+      help="background kinds of shape scenes and clips (light: a plain light grey)")
     a("--shapes", nargs="+", metavar="SHAPE", help="shape scenes draw only these kinds (default: all)")
     a("--colors", nargs="+", metavar="COLOR", help="shape scenes draw only these colours (default: all)")
     s.set_defaults(func=run_synth)

@@ -34,7 +34,9 @@ from pathlib import Path
 
 TASKS: tuple[str, ...] = ("ground", "ground_all", "point", "count", "read", "document", "gui", "video_ground")
 ORDERS = ("random", "media_first", "text_first")
-BACKGROUNDS = ("plain", "noise", "gradient")
+BACKGROUNDS = ("plain", "noise", "gradient")   # the default mix
+# "light": a plain light grey, as the probe's scenes had (docs/training.md, chunk 13), for a first stage
+BACKGROUND_KINDS = BACKGROUNDS + ("light",)
 
 __all__ = ["TASKS", "Example", "sample", "score", "stream", "corpus", "write"]
 
@@ -126,7 +128,7 @@ def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixel
     if not 0 < seconds_range[0] <= seconds_range[1]:
         raise ValueError(f"seconds_range must be (lo, hi) with 0 < lo <= hi, got {seconds_range}")
     from .common import COLORS, SHAPES
-    backgrounds = _names("backgrounds", backgrounds, BACKGROUNDS)
+    backgrounds = _names("backgrounds", backgrounds, BACKGROUND_KINDS)
     shapes, colors = _names("shapes", shapes, SHAPES), _names("colors", colors, tuple(COLORS))
     if len(shapes) * len(colors) < objects[1]:
         raise ValueError(f"{objects[1]} objects a scene need as many colour + shape pairs; "

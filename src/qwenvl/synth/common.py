@@ -104,12 +104,18 @@ def contrasting(rng: random.Random, bg, min_diff: float = 110.0) -> tuple[int, i
 # ----------------------------------------------------------------------------------------- backgrounds
 
 def background(rng: random.Random, size: tuple[int, int], base, kind: str | None = None,
-               strength: int = 28, kinds: tuple[str, ...] = BACKGROUNDS) -> Image.Image:
-    """A plain, noisy or gradient background around colour `base` (`kind`, or one of `kinds` at random).
+               strength: int = 28, kinds: tuple[str, ...] = BACKGROUNDS, avoid=()) -> Image.Image:
+    """A plain, noisy or gradient background around colour `base` (`kind`, or one of `kinds` at random), or a
+    plain light grey ("light"; plain `base` where a colour in `avoid`, the shapes', is light too).
     Noise is drawn at 1/6 of the resolution and upscaled, which keeps a 300 px scene at ~1 ms and gives
     texture the model must look through (rather than pixel noise the resize averages away)."""
     w, h = size
     kind = kind or rng.choice(kinds)
+    if kind == "light":
+        if all(luminance(c) < 170 for c in avoid):
+            g = rng.randint(220, 250)
+            return Image.new("RGB", size, (g, g, g))
+        kind = "plain"
     if kind == "plain":
         return Image.new("RGB", size, tuple(base))
     if kind == "noise":
@@ -129,7 +135,7 @@ def background(rng: random.Random, size: tuple[int, int], base, kind: str | None
         else:
             small.putdata([a, a, b, b])
         return small.resize(size, Image.BILINEAR)
-    raise ValueError(f"unknown background kind {kind!r}: use plain, noise or gradient")
+    raise ValueError(f"unknown background kind {kind!r}: use plain, noise, gradient or light")
 
 
 # ----------------------------------------------------------------------------------------------- shapes

@@ -52,7 +52,7 @@ def scene(rng: random.Random, size_range: tuple[int, int], draw: bool = True, ob
     boxes = place_boxes(rng, (w, h), n, lo, hi)
     fills = [shade(rng, c) for c, _ in pairs[:len(boxes)]]
     base = far_colour(rng, fills)
-    img = background(rng, (w, h), base, kinds=backgrounds) if draw else None
+    img = background(rng, (w, h), base, kinds=backgrounds, avoid=fills) if draw else None
     d = ImageDraw.Draw(img) if draw else _Sketch()
     objs = []
     for (c, k), box, fill in zip(pairs, boxes, fills):

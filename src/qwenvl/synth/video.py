@@ -94,7 +94,7 @@ def generate(rng: random.Random, opts):
     base = far_colour(rng, used_colours)
     frames = None
     if opts.draw:
-        bg = background(rng, (w, h), base, kinds=opts.backgrounds)
+        bg = background(rng, (w, h), base, kinds=opts.backgrounds, avoid=used_colours)
         frames = []
         for k in range(n):
             img = bg.copy()
