@@ -156,6 +156,11 @@ RECIPE13 = {
                     "synth": {"backgrounds": ["plain", "noise", "gradient"], "shapes": None, "colors": None}}],
 }
 
+# Chunk 14 goes on from chunk 13 to larger images and two shapes, every background (stopped by time).
+RECIPE14 = {**RECIPE7, "warmup": 20, "max_steps": 1500,
+            "synth": {"turns": 1, "size_range": [56, 336], "objects": [1, 2],
+                      "backgrounds": ["plain", "noise", "gradient", "light"]}}
+
 # name -> (starts from, recipe, where its end is exported); `train NAME` runs (or resumes) it
 CHUNKS = {
     "train1": ("init", RECIPE1, "chunk1"),
@@ -170,6 +175,7 @@ CHUNKS = {
     "train11": ("init-xs-deep-theta100", RECIPE9, "chunk11"),
     "train12": ("init-xs-theta10", RECIPE12, "chunk12"),
     "train13": ("init-xs-theta10", RECIPE13, "chunk13"),
+    "train14": ("chunk13", RECIPE14, "chunk14"),
 }
 SHIPPED = "chunk2"   # train2: no later chunk scored better on the held-out sets
 
