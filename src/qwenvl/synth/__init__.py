@@ -152,7 +152,8 @@ def sample(task: str, rng: random.Random, *, min_pixels: int = 4 * 28 * 28, max_
     so the model answers both the chat and the task commands). objects: how many shapes a scene holds
     (shape tasks; a curriculum may start at (1, 1)). fps_range / seconds_range: clips' frame rate and
     length (video_ground; at least 4 frames whatever the range). backgrounds: the kinds a shape scene or
-    clip is drawn on ("plain", "noise", "gradient"; a curriculum may start on plain ones). shapes / colors:
+    clip is drawn on ("plain", "noise", "gradient", or "light": a light grey; a curriculum may start on
+    light or plain ones). shapes / colors:
     the kinds and colours shape scenes draw from (None: all; a curriculum may start with fewer)."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
