@@ -19,18 +19,23 @@
      --rope-theta 100`), a fixed 4 x 4 grid first (train10, from chunk9), a 6-layer decoder
      (`init --size xs-deep --rope-theta 100`);
    - train12-13: a decoder RoPE base of 10 (`init --size xs --rope-theta 10`), chunk 10's curriculum, then the
-     probe's light grey background first;
+     probe's light grey background first (the first lift-off);
+   - train14-15 (the shipped model): chunk 13 on larger images and several shapes, then counting and
+     temporal grounding join;
+   - train16: chunk 15 grown to a 4-layer decoder (`grow chunk15 --layers 4`), stopped at step 1896;
    (train3 was a discarded variant of train4; the script keeps the chunks the shipped model came from)
 3. `eval`: `qwenvl eval run` on held-out sets written by `qwenvl.synth.write` (another seed, scenes up
    to 1000 px a side);
 4. `ship`: copy the result into src/qwenvl/assets/default (what the package loads with no --model).
 
-    python scripts/build_default_model.py init
-    python scripts/build_default_model.py train train1 --max-minutes 116   # again to resume
-    python scripts/build_default_model.py export train1
-    python scripts/build_default_model.py train train2
-    python scripts/build_default_model.py export train2
-    ... (train4, train5, train6 likewise; see docs/training.md for the minutes each ran)
+    python scripts/build_default_model.py init --size xs --rope-theta 10
+    python scripts/build_default_model.py train train13 --threads 2   # again to resume
+    python scripts/build_default_model.py export train13
+    python scripts/build_default_model.py train train14 --max-minutes 15
+    python scripts/build_default_model.py export train14
+    python scripts/build_default_model.py train train15
+    cp -r runs/default/train15/final runs/default/chunk15    # or: export train15
+    ... (the other chunks likewise; see docs/training.md for the minutes each ran)
     python scripts/build_default_model.py eval
     python scripts/build_default_model.py ship
 
@@ -161,6 +166,24 @@ RECIPE14 = {**RECIPE7, "warmup": 20, "max_steps": 1500,
             "synth": {"turns": 1, "size_range": [56, 336], "objects": [1, 2],
                       "backgrounds": ["plain", "noise", "gradient", "light"]}}
 
+# Chunk 15 goes on from chunk 14 with a longer schedule: grounding and pointing on one to three shapes and
+# larger images first, then the tasks the shipped model must keep (counting, temporal grounding) and
+# all-objects grounding join on scenes of one to five shapes. Held-out metrics are drawn like stage 2.
+RECIPE15 = {
+    **RECIPE7, "warmup": 20, "max_steps": 7000, "data": None, "eval_data": "synth:ground,point,count,video_ground",
+    "eval_generate": 24, "eval_max_new_tokens": 40,
+    "synth": {"turns": 1, "size_range": [56, 640], "objects": [1, 5],
+              "backgrounds": ["plain", "noise", "gradient", "light"]},
+    "curriculum": [{"steps": 3000, "data": "synth:ground=3,point=1", "synth": {"size_range": [56, 448], "objects": [1, 3]}},
+                   {"steps": 4000, "data": "synth:ground=3,point=1,ground_all=1,count=2,video_ground=2"}],
+}
+
+# Chunk 16: a named shape among several needs the decoder to bind the question's colour and shape to one
+# image token and then write that token's place as digits, on top of turning offsets into places; two
+# layers leave little room. So chunk 15's model grows to four (`grow chunk15 --layers 4`: a new layer
+# after each old one, starting as the identity) and goes on with stage 2 of chunk 15.
+RECIPE16 = {**RECIPE15, "max_steps": 2800, "curriculum": None, "data": RECIPE15["curriculum"][1]["data"]}
+
 # name -> (starts from, recipe, where its end is exported); `train NAME` runs (or resumes) it
 CHUNKS = {
     "train1": ("init", RECIPE1, "chunk1"),
@@ -176,8 +199,10 @@ CHUNKS = {
     "train12": ("init-xs-theta10", RECIPE12, "chunk12"),
     "train13": ("init-xs-theta10", RECIPE13, "chunk13"),
     "train14": ("chunk13", RECIPE14, "chunk14"),
+    "train15": ("chunk14", RECIPE15, "chunk15"),
+    "train16": ("chunk15-deep4", RECIPE16, "chunk16"),
 }
-SHIPPED = "chunk2"   # train2: no later chunk scored better on the held-out sets
+SHIPPED = "chunk15"  # train15: better than train2 (shipped before) on every held-out set that moved
 
 
 # (vision depth, vision MLP, full-attention vision layers, decoder layers): "s" was chunks 1-6' model;
@@ -216,6 +241,39 @@ def init(out: Path, vocab: int, size: str, stock_template: bool, rope_theta: flo
     model = random_model(small_config(ids, n_tokens, size, rope_theta))
     save_model(model, dest)
     print(f"{dest}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocabulary {n_tokens}")
+
+
+def grow(out: Path, name: str, layers: int) -> None:
+    """A chunk's model with a deeper decoder that computes the same function: a new layer after each old
+    one (then at the end) whose output projections start at zero, so it adds nothing until it learns.
+    Block expansion, as LLaMA Pro grows a trained model; the tower, embeddings and old layers are kept."""
+    import dataclasses
+
+    from qwenvl.model.weights import load_model
+
+    src, dest = out / name, out / f"{name}-deep{layers}"
+    old = load_model(src)
+    n = old.config.text.num_hidden_layers
+    if layers <= n:
+        raise SystemExit(f"grow: {name} already has {n} decoder layers; ask for more than that")
+    cfg = dataclasses.replace(old.config, text=dataclasses.replace(old.config.text, num_hidden_layers=layers))
+    new = random_model(cfg, seed=layers)
+    fresh = [i for i in range(layers) if i % 2 or i >= 2 * n]          # odd places, then the tail
+    kept = [i for i in range(layers) if i not in fresh]
+    state = {k: v for k, v in old.state_dict().items() if ".layers." not in k}
+    for i, j in enumerate(kept):
+        state |= {k.replace(f"layers.{i}.", f"layers.{j}.", 1): v for k, v in old.state_dict().items()
+                  if f"layers.{i}." in k}
+    with torch.no_grad():
+        new.load_state_dict({**new.state_dict(), **state})
+        for i in fresh:
+            new.language_model.layers[i].self_attn.o_proj.weight.zero_()
+            new.language_model.layers[i].mlp.down_proj.weight.zero_()
+    save_model(new, dest)
+    for f in src.iterdir():     # tokenizer, processor, template: the chunk's own
+        if f.name != "config.json" and not f.name.endswith((".safetensors", ".safetensors.index.json")):
+            shutil.copy2(f, dest / f.name)
+    print(f"{src} ({n} decoder layers) -> {dest} ({layers}; new at {fresh})")
 
 
 def _train(out: Path, name: str, recipe: dict, extra: list[str]) -> None:
@@ -262,25 +320,30 @@ def ship(out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["init", "train", "export", "eval", "ship"])
-    ap.add_argument("chunk", nargs="?", choices=list(CHUNKS), help="train / export: which chunk")
+    ap.add_argument("step", choices=["init", "train", "export", "grow", "eval", "ship"])
+    ap.add_argument("chunk", nargs="?", help="train / export: which chunk; grow: which exported model")
     ap.add_argument("--out", default="runs/default")
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--size", choices=list(SIZES), default="s", help="init: the model's size")
     ap.add_argument("--stock-template", action="store_true",
                     help="init: keep the chat template's default system prompt (as the probe did)")
     ap.add_argument("--rope-theta", type=float, default=1e6, help="init: the decoder's RoPE base")
+    ap.add_argument("--layers", type=int, default=4, help="grow: decoder layers of the grown model")
     ap.add_argument("--n", type=int, default=200, help="eval: held-out examples per task")
     ap.add_argument("--model", help=f"eval: the checkpoint to score (default: OUT/{SHIPPED})")
     args, extra = ap.parse_known_args()
     out = Path(args.out)
-    if args.step in ("train", "export") and not args.chunk:
+    if args.step in ("train", "export") and args.chunk not in CHUNKS:
         ap.error(f"{args.step} needs a chunk: {', '.join(CHUNKS)}")
+    if args.step == "grow" and not (out / str(args.chunk)).is_dir():
+        ap.error(f"grow needs an exported model folder in {out}, got {args.chunk!r}")
     if args.step == "train":
         start, recipe, _ = CHUNKS[args.chunk]
         _train(out, args.chunk, {**recipe, "model": str(out / start), "out": str(out / args.chunk)}, extra)
     elif args.step == "export":
         export(out, args.chunk)
+    elif args.step == "grow":
+        grow(out, args.chunk, args.layers)
     else:
         {"init": lambda: init(out, args.vocab, args.size, args.stock_template, args.rope_theta),
          "eval": lambda: evaluate(out, args.n, args.model), "ship": lambda: ship(out)}[args.step]()

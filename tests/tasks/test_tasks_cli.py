@@ -56,6 +56,9 @@ def test_ground(tmp_path, capsys, fake_load):
     assert det["bbox"] == pytest.approx([146, 137, 615, 415], abs=1.0)
     assert save.exists() and Image.open(save).size == (640, 428)
     messages, sampling = pipe.calls[0]
+    # no system message of the CLI's own: the checkpoint's template supplies its default (the bundled
+    # model was trained without one)
+    assert [m["role"] for m in messages] == ["user"]
     user = messages[-1]["content"]
     assert user[0]["text"] == "Locate the dog, output its bbox coordinates using JSON format."
     assert user[1]["max_pixels"] == 1003520 and sampling["temperature"] == 0

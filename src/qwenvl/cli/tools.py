@@ -15,9 +15,6 @@ from .errors import CLIError, one_line
 from .inputs import check_image, check_video, positive_float, positive_int
 from .progress import Progress, generate, wanted
 
-SYSTEM = "You are a helpful assistant."
-
-
 def register(sub) -> None:
     p = sub.add_parser("ground", help="find objects in an image: boxes or points as JSON",
                        description="Locate what QUERY describes; prints boxes (or points) in the image's pixels.")
@@ -104,8 +101,9 @@ def run_ground(args) -> int:
     image = Image.open(path)
     pipe = load_pipeline(args, progress)
     prompt = grounding_prompt(args.query, points=args.points)
-    messages = [{"role": "system", "content": SYSTEM},
-                {"role": "user", "content": [{"type": "text", "text": prompt}, _image_item(str(path), args)]}]
+    # No system message of our own: the checkpoint's template supplies its default (the release's is
+    # "You are a helpful assistant."; the bundled model's template has none, as it was trained).
+    messages = [{"role": "user", "content": [{"type": "text", "text": prompt}, _image_item(str(path), args)]}]
     result = generate(pipe, messages, progress, max_new_tokens=args.max_new_tokens, temperature=0)
     original, input_size = _sizes(result, image.size, pipe, args)
     dets = parse_boxes(result.text, input_size=input_size, image_size=original)
@@ -159,8 +157,7 @@ def run_parse_doc(args) -> int:
     pipe = load_pipeline(args, progress)
     out = []
     for n, page in enumerate(pages, 1):
-        messages = [{"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": [{"type": "text", "text": DOC_PROMPT}, _image_item(page, args)]}]
+        messages = [{"role": "user", "content": [{"type": "text", "text": DOC_PROMPT}, _image_item(page, args)]}]
         result = generate(pipe, messages, progress, desc=f"page {n}/{len(pages)}",
                           max_new_tokens=args.max_new_tokens, temperature=0)
         original, input_size = _sizes(result, page.size, pipe, args)
@@ -198,8 +195,7 @@ def run_locate(args) -> int:
         item["fps"] = args.fps
     if args.max_pixels:
         item["max_pixels"] = args.max_pixels
-    messages = [{"role": "system", "content": SYSTEM},
-                {"role": "user", "content": [{"type": "text", "text": temporal_grounding_prompt(args.query)}, item]}]
+    messages = [{"role": "user", "content": [{"type": "text", "text": temporal_grounding_prompt(args.query)}, item]}]
     result = generate(pipe, messages, progress, max_new_tokens=args.max_new_tokens, temperature=0)
     span = find_time_span(result.text)
     media = getattr(result, "media", None) or []

@@ -1,0 +1,51 @@
+"""scripts/build_default_model.py's own steps (the recipe chunks themselves run in tests/train)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from qwenvl.model.weights import load_model
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_default_model.py"
+
+
+@pytest.fixture(scope="module")
+def build():
+    spec = importlib.util.spec_from_file_location("build_default_model", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_grow_keeps_the_function_and_adds_trainable_layers(build, own_ckpt, tmp_path):
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / "m").symlink_to(own_ckpt, target_is_directory=True)
+    build.grow(out, "m", 5)
+    old, new = load_model(own_ckpt), load_model(out / "m-deep5")
+    n = old.config.text.num_hidden_layers
+    assert new.config.text.num_hidden_layers == 5 > n
+    # everything but the weights travels with the grown model (tokenizer, processor, template)
+    names = {f.name for f in (out / "m-deep5").iterdir()}
+    assert {"tokenizer.json", "preprocessor_config.json", "chat_template.json"} <= names
+    assert not any(f.startswith("model-") for f in names)          # no stale shard of the old model
+    torch.manual_seed(0)
+    ids = torch.randint(0, old.config.text.vocab_size - 10, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(new(ids).logits, old(ids).logits, rtol=0, atol=1e-5)
+    # the new layers are not inert: their projections in are random, so gradients reach the zeroed ones
+    new.train()
+    new(ids).logits.float().logsumexp(-1).mean().backward()
+    fresh = [layer for layer in new.language_model.layers if layer.self_attn.o_proj.weight.count_nonzero() == 0]
+    assert len(fresh) == 5 - n
+    assert all(float(layer.mlp.down_proj.weight.grad.abs().sum()) > 0 for layer in fresh)
+
+
+def test_grow_refuses_a_shallower_model(build, own_ckpt, tmp_path):
+    (tmp_path / "m").symlink_to(own_ckpt, target_is_directory=True)
+    with pytest.raises(SystemExit, match="already has"):
+        build.grow(tmp_path, "m", 1)
