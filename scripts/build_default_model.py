@@ -329,7 +329,7 @@ def main() -> None:
                     help="init: keep the chat template's default system prompt (as the probe did)")
     ap.add_argument("--rope-theta", type=float, default=1e6, help="init: the decoder's RoPE base")
     ap.add_argument("--layers", type=int, default=4, help="grow: decoder layers of the grown model")
-    ap.add_argument("--n", type=int, default=200, help="eval: held-out examples per task")
+    ap.add_argument("--n", type=int, default=100, help="eval: held-out examples per task (the tables: 100)")
     ap.add_argument("--model", help=f"eval: the checkpoint to score (default: OUT/{SHIPPED})")
     args, extra = ap.parse_known_args()
     out = Path(args.out)
