@@ -80,6 +80,19 @@ def test_mixed_rows_with_the_synth_task(tmp_path):
         get_task("synth_ground").load(tmp_path / "count" / "eval.jsonl")
 
 
+def test_scores_are_broken_down_by_where_the_media_went(tmp_path):
+    _, evalf = synth.write("count", 6, tmp_path, seed=3)
+    t = get_task("synth_count")
+    records = t.load(evalf)
+    for i, r in enumerate(records):
+        r["text_first"] = i < 2
+    # right on the text-first rows only
+    preds = [{"id": r["id"], "prediction": r["answer"] if r["text_first"] else "none"} for r in records]
+    m = score_run(t, records, preds)["metrics"]
+    assert m["exact[order=text_first]"] == 100.0 and m["exact[order=media_first]"] == 0.0
+    assert m["exact"] == pytest.approx(100 * 2 / 6, abs=1e-3)
+
+
 def test_data_synth_cli(tmp_path, capsys):
     out = tmp_path / "d"
     assert main(["data", "synth", "--task", "point", "--n", "4", "--out", str(out), "--seed", "3"]) == 0

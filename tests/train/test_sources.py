@@ -11,7 +11,7 @@ import torch
 from qwenvl.train.data import DataOptions, encode, read_records, reply_weights
 from qwenvl.train.loop import TrainConfig, Trainer, train
 from qwenvl.train.pack import IGNORE, collate
-from qwenvl.train.sources import Curriculum, SynthStream, make_stream, parse_mix
+from qwenvl.train.sources import Curriculum, SynthStream, make_stream, parse_mix, task_options
 
 
 def cfg(own_ckpt, data, out, **kw) -> TrainConfig:
@@ -57,7 +57,7 @@ def test_parse_mix_names_the_bad_part():
             parse_mix(bad)
 
 
-def _stream(own_ckpt, seed=0, chunk=6):
+def _stream(own_ckpt, seed=0, chunk=6, **sample_kw):
     from qwenvl.model.weights import load_model
     from qwenvl.processing import Processor
 
@@ -65,7 +65,25 @@ def _stream(own_ckpt, seed=0, chunk=6):
     config = load_model(own_ckpt).config
     opts = DataOptions(max_len=2048, pack=True, batch_size=2, chunk=chunk, seed=seed)
     return SynthStream(parse_mix("synth:ground,count,point"), proc, config, opts,
-                       sample_kw={"size_range": (56, 168)})
+                       sample_kw={"size_range": (56, 168), **sample_kw})
+
+
+def _text_first(ex) -> bool:
+    return ex.messages[0]["content"][0]["type"] == "text"
+
+
+def test_synth_options_per_task(own_ckpt):
+    """A task's own options override the shared ones for it alone (box questions asked text first, as
+    `qwenvl ground` asks them, while counting keeps either order)."""
+    s = _stream(own_ckpt, chunk=40, order="media_first", per_task={"ground": {"order": "text_first"}})
+    order = {}
+    for _, ex in s.examples(0, 40):
+        order.setdefault(ex.task, set()).add(_text_first(ex))
+    assert order["ground"] == {True} and order["count"] == {False} and order["point"] == {False}
+    assert task_options({"order": "random", "turns": 2, "per_task": {"point": {"turns": 1}}}, "point") == \
+        {"order": "random", "turns": 1}
+    with pytest.raises(ValueError, match="per_task: unknown synthetic task 'grond'"):
+        _stream(own_ckpt, per_task={"grond": {"order": "text_first"}})
 
 
 def test_synth_stream_is_deterministic_and_resumes_exactly(own_ckpt):

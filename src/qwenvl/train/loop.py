@@ -232,7 +232,7 @@ class Trainer:
         convs, scorers = [], []
         if self.eval_synth:
             from .. import synth
-            from .sources import parse_mix
+            from .sources import parse_mix, task_options
 
             kw = {"min_pixels": self.processor.min_pixels, "max_pixels": self.processor.max_pixels,
                   "video_max_pixels": self.processor.settings.video_max_pixels,
@@ -240,7 +240,7 @@ class Trainer:
             for task in parse_mix(self.eval_synth):
                 rng = random.Random(f"heldout/{self.cfg.seed}/{task}")  # the same examples at every eval
                 for _ in range(self.cfg.eval_generate):
-                    ex = synth.sample(task, rng, **kw)
+                    ex = synth.sample(task, rng, **{**task_options(kw, task), "turns": 1})
                     convs.append(ex.messages[:1])
                     scorers.append((task, lambda text, ex=ex, t=task: synth.score(
                         t, ex.targets[0], text, ex.input_size, ex.media_size)))

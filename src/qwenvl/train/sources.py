@@ -39,6 +39,14 @@ def parse_mix(spec: str) -> dict[str, float]:
     return mix
 
 
+def task_options(sample_kw: dict, task: str) -> dict:
+    """qwenvl.synth.sample's keyword arguments for `task`: the shared options with the task's own on top,
+    {"order": "random", "per_task": {"ground": {"order": "text_first"}}} (a mix may want one task asked the
+    way a task command asks it and another the way chat does)."""
+    own = (sample_kw.get("per_task") or {}).get(task, {})
+    return {**{k: v for k, v in sample_kw.items() if k != "per_task"}, **own}
+
+
 class SynthStream(Packing):
     """Endless micro-batches of freshly drawn synthetic conversations (same interface as data.Stream)."""
 
@@ -51,6 +59,12 @@ class SynthStream(Packing):
         # Answers are in pixels of the processor's resized input, so the generator uses its budget.
         self.sample_kw = {"min_pixels": processor.min_pixels, "max_pixels": processor.max_pixels,
                           "video_max_pixels": s.video_max_pixels, **(sample_kw or {})}
+        from .. import synth
+
+        stray = sorted(set(self.sample_kw.get("per_task") or {}) - set(synth.TASKS))
+        if stray:
+            raise ValueError(f"synth per_task: unknown synthetic task {', '.join(map(repr, stray))}; "
+                             f"choose from {', '.join(synth.TASKS)}")
         self.chunk, self.taken = 0, 0
         self._batches: list | None = None
 
@@ -62,7 +76,8 @@ class SynthStream(Packing):
         tasks, weights = list(self.mix), list(self.mix.values())
         for i in range(n):
             task = rng.choices(tasks, weights)[0]
-            yield f"synth:{task}#{chunk}.{i}", synth.sample(task, random.Random(rng.getrandbits(64)), **self.sample_kw)
+            yield f"synth:{task}#{chunk}.{i}", synth.sample(task, random.Random(rng.getrandbits(64)),
+                                                          **task_options(self.sample_kw, task))
 
     def _fill(self) -> None:
         units = []

@@ -5,7 +5,8 @@ takes rows of any of them (metrics reported per task, "<task>/<metric>").
 Each row carries its question, its media (image, or video + fps), the pixel budget the answer's
 coordinates assume (min_pixels / max_pixels, used unless --min/--max-pixels are given), where the media
 went (text_first), the original and resized sizes, and the target; scoring is qwenvl.synth.score, after
-mapping coordinates from the input size the run recorded (else the row's)."""
+mapping coordinates from the input size the run recorded (else the row's). The headline metric is also
+reported per order, "acc@0.5[order=text_first]" and "[order=media_first]"."""
 
 from __future__ import annotations
 
@@ -66,7 +67,10 @@ class Synth(Task):
         insize = tuple((pred or {}).get("input_size") or rec["input_size"])
         values = score(task, rec["target"], text_of(pred), insize, tuple(rec["media_size"]))
         rule = "empty" if not text_of(pred).strip() else "answered"
-        return SampleScore(values, rule, {"task": task} if not self.only else {})
+        # Broken down by where the media went: a small model may answer one order better (the task
+        # commands send the question first, chat the image first).
+        group = {"order": "text_first" if rec.get("text_first") else "media_first"}
+        return SampleScore(values, rule, group if self.only else {"task": task, **group})
 
     def aggregate(self, recs, samples):
         if self.only:
