@@ -24,6 +24,7 @@
      temporal grounding join;
    - train16: chunk 15 grown to a 4-layer decoder (`grow chunk15 --layers 4`), stopped at step 1896;
    - train17: chunk 15 with the box questions text first (as `qwenvl ground` asks), not shipped;
+   - train18: chunk 17 with both orders again (better held-out scores, misses two bundled examples), not shipped;
    (train3 was a discarded variant of train4; the script keeps the chunks the shipped model came from)
 3. `eval`: `qwenvl eval run` on held-out sets written by `qwenvl.synth.write` (another seed, scenes up
    to 1000 px a side);
