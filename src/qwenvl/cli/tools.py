@@ -15,6 +15,7 @@ from .errors import CLIError, one_line
 from .inputs import check_image, check_video, positive_float, positive_int
 from .progress import Progress, generate, wanted
 
+
 def register(sub) -> None:
     p = sub.add_parser("ground", help="find objects in an image: boxes or points as JSON",
                        description="Locate what QUERY describes; prints boxes (or points) in the image's pixels.")
