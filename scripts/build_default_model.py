@@ -25,6 +25,8 @@
    - train16: chunk 15 grown to a 4-layer decoder (`grow chunk15 --layers 4`), stopped at step 1896;
    - train17: chunk 15 with the box questions text first (as `qwenvl ground` asks), not shipped;
    - train18: chunk 17 with both orders again (better held-out scores, misses two bundled examples), not shipped;
+   - train19-20: chunk 18 on a full schedule with two box or point questions a scene, then a cool-down with
+     more temporal grounding (better held-out scores again, both miss the bundled clip), not shipped;
    (train3 was a discarded variant of train4; the script keeps the chunks the shipped model came from)
 3. `eval`: `qwenvl eval run` on held-out sets written by `qwenvl.synth.write` (another seed, scenes up
    to 1000 px a side);
@@ -207,6 +209,19 @@ RECIPE18 = {**RECIPE17, "lr": 1.5e-4, "vision_lr": 1.5e-4, "merger_lr": 1.5e-4, 
             "curriculum": None, "data": "synth:ground=3,point=2,ground_all=1,count=1,video_ground=2",
             "synth": {k: v for k, v in RECIPE17["synth"].items() if k != "per_task"}}
 
+# Chunk 19: chunk 18's recipe on a full schedule, counting and temporal grounding at chunk 15's share, and two
+# box or point questions about different shapes of one scene in a sample (the same image with different
+# answers, so the loss falls only by binding the question's words to the right shape; the second question
+# comes after the image whatever the first's order).
+RECIPE19 = {**RECIPE18, "lr": 2e-4, "vision_lr": 2e-4, "merger_lr": 2e-4, "max_steps": 6500,
+            "data": "synth:ground=3,point=2,ground_all=1,count=2,video_ground=2",
+            "synth": {**RECIPE18["synth"], "per_task": {"ground": {"turns": 2}, "point": {"turns": 2}}}}
+
+# Chunk 20: a short cool-down of chunk 19 at half its learning rate with temporal grounding at twice its share
+# (chunk 19's span for the bundled clip, whose event lasts to the clip's end, stops at 4.2 s of 7.0).
+RECIPE20 = {**RECIPE19, "lr": 1e-4, "vision_lr": 1e-4, "merger_lr": 1e-4, "max_steps": 1800,
+            "data": "synth:ground=3,point=2,ground_all=1,count=2,video_ground=4"}
+
 # name -> (starts from, recipe, where its end is exported); `train NAME` runs (or resumes) it
 CHUNKS = {
     "train1": ("init", RECIPE1, "chunk1"),
@@ -226,6 +241,8 @@ CHUNKS = {
     "train16": ("chunk15-deep4", RECIPE16, "chunk16"),
     "train17": ("chunk15", RECIPE17, "chunk17"),
     "train18": ("chunk17", RECIPE18, "chunk18"),
+    "train19": ("chunk18", RECIPE19, "chunk19"),
+    "train20": ("chunk19", RECIPE20, "chunk20"),
 }
 SHIPPED = "chunk15"  # train15: better than train2 (shipped before) on every held-out set that moved
 
