@@ -236,11 +236,12 @@ class Trainer:
 
             kw = {"min_pixels": self.processor.min_pixels, "max_pixels": self.processor.max_pixels,
                   "video_max_pixels": self.processor.settings.video_max_pixels,
-                  **{k: v for k, v in (self.cfg.synth or {}).items() if k != "turns"}, "turns": 1}
+                  **(self.cfg.synth or {})}
             for task in parse_mix(self.eval_synth):
                 rng = random.Random(f"heldout/{self.cfg.seed}/{task}")  # the same examples at every eval
+                own = {**task_options(kw, task), "turns": 1}  # one question each, also where the task asks more
                 for _ in range(self.cfg.eval_generate):
-                    ex = synth.sample(task, rng, **{**task_options(kw, task), "turns": 1})
+                    ex = synth.sample(task, rng, **own)
                     convs.append(ex.messages[:1])
                     scorers.append((task, lambda text, ex=ex, t=task: synth.score(
                         t, ex.targets[0], text, ex.input_size, ex.media_size)))
