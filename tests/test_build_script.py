@@ -49,3 +49,27 @@ def test_grow_refuses_a_shallower_model(build, own_ckpt, tmp_path):
     (tmp_path / "m").symlink_to(own_ckpt, target_is_directory=True)
     with pytest.raises(SystemExit, match="already has"):
         build.grow(tmp_path, "m", 1)
+
+
+def test_every_chunk_recipe_is_a_valid_training_config(build):
+    """Each chunk's recipe is what `qwenvl train --recipe` takes, its data mixes name real tasks, and every
+    task of every stage draws an example with the options that stage gives it (a typo fails here, not an
+    hour into a run)."""
+    import random
+
+    from qwenvl import synth
+    from qwenvl.train.loop import TrainConfig
+    from qwenvl.train.sources import SYNTH_PREFIX, parse_mix, task_options
+
+    budget = {"min_pixels": build.MIN_PIXELS, "max_pixels": build.MAX_PIXELS,
+              "video_max_pixels": build.VIDEO_MAX_PIXELS}
+    for name, (start, recipe, dest) in build.CHUNKS.items():
+        TrainConfig(**{"data": None, **recipe, "model": start, "out": dest})
+        stages = recipe.get("curriculum") or [{"data": recipe["data"]}]
+        for stage in stages + [{"data": recipe["eval_data"]}]:
+            assert stage["data"].startswith(SYNTH_PREFIX), (name, stage)
+            kw = {**budget, **(recipe.get("synth") or {}), **(stage.get("synth") or {})}
+            assert set(kw.get("per_task") or {}) <= set(synth.TASKS), name
+            for task in parse_mix(stage["data"]):
+                ex = synth.sample(task, random.Random(name), **task_options(kw, task))
+                assert ex.task == task and ex.targets, (name, task)

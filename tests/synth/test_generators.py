@@ -86,6 +86,9 @@ def wrong_answer(task, target, answer, ex):
         return target["text"] + "x"
     if task == "document":
         return "```html\n<html><body>\n<p data-bbox=\"0 0 1 1\">nothing</p>\n</body></html>\n```"
+    if task == "identify":          # the right kind in another colour
+        colour, kind = target["label"].split()
+        return f"{'blue' if colour != 'blue' else 'red'} {kind}"
     s, e = target["span"]
     return f"The given query happens in {e + 1:.1f} - {e + 3:.1f} seconds."
 
@@ -354,3 +357,22 @@ def test_read_text_stays_inside_tiny_images():
         ex = synth.sample("read", rng, size_range=(28, 40))
         x1, y1, x2, y2 = ex.targets[0]["bbox"]
         assert 0 <= x1 and 0 <= y1 and x2 <= ex.media_size[0] and y2 <= ex.media_size[1]
+
+
+def test_identify_asks_for_the_shape_in_its_box_in_resized_pixels():
+    """The question's box is the named shape's box in the resized input's pixels (where the model's
+    coordinates live), a scene's shapes are asked once each, and the answer's phrasing may vary."""
+    rng = random.Random(21)
+    for i in range(30):
+        ex = synth.sample("identify", rng, turns=6, size_range=(56, 1000), max_pixels=64 * 28 * 28)
+        labels = [t["label"] for t in ex.targets]
+        assert len(labels) == len(set(labels))
+        sx, sy = ex.media_size[0] / ex.input_size[0], ex.media_size[1] / ex.input_size[1]
+        for j, target in enumerate(ex.targets):
+            q = ex.messages[2 * j]["content"][-1 if j == 0 and ex.messages[0]["content"][0]["type"] == "image" else 0]
+            box = [int(v) for v in q["text"].split("[")[1].split("]")[0].split(",")]
+            want = target["bbox"]
+            assert all(abs(v * (sx if k % 2 == 0 else sy) - w) <= max(sx, sy) for k, (v, w) in enumerate(zip(box, want)))
+            assert ex.messages[2 * j + 1]["content"] == target["label"]
+            for said in (target["label"], f"The {target['label']}.", f"  a {target['label'].upper()} "):
+                assert synth.score("identify", target, said, ex.input_size, ex.media_size) == {"exact": 1.0}

@@ -15,6 +15,8 @@ Tasks (`TASKS`):
                 as a Qwen2.5-VL grounding point ({"point_2d": [x, y], "label": ...} in a ```json list)
 - video_ground: a clip of 2-12 s at 0.5-4 fps where a shape appears, moves or changes colour between two
                 times -> "The given query happens in S - E seconds."
+- identify:     "What is the shape at [x1, y1, x2, y2]? Answer with its colour and kind." -> "{colour} {shape}"
+                (the converse of grounding, a shape scene's box given)
 
 Coordinates in answers are absolute pixels of the RESIZED input (smart_resize, factor 28, the sample's
 pixel budget), as Qwen2.5-VL writes them; targets are in original pixels and seconds. Each media item
@@ -32,7 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-TASKS: tuple[str, ...] = ("ground", "ground_all", "point", "count", "read", "document", "gui", "video_ground")
+TASKS: tuple[str, ...] = ("ground", "ground_all", "point", "count", "read", "document", "gui", "video_ground",
+                          "identify")
+# corpus() draws from these only: the tasks the bundled tokenizer was trained on (an `init` stays reproducible)
+CORPUS_TASKS = TASKS[:8]
 ORDERS = ("random", "media_first", "text_first")
 BACKGROUNDS = ("plain", "noise", "gradient")   # the default mix
 # "light": a plain light grey, as the probe's scenes had (docs/training.md, chunk 13), for a first stage
@@ -82,7 +87,7 @@ def score(task: str, target: dict, text: str, input_size, media_size) -> dict[st
 
 
 def _generator(task: str):
-    if task in ("ground", "ground_all", "point", "count"):
+    if task in ("ground", "ground_all", "point", "count", "identify"):
         from . import shapes
         return lambda rng, opts: shapes.generate(task, rng, opts)
     if task == "read":
@@ -190,11 +195,11 @@ def stream(tasks=TASKS, seed: int = 0, start: int = 0, weights=None, **sample_kw
 
 
 def corpus(n: int, seed: int = 0) -> list[str]:
-    """n question + answer texts over all tasks in turn (for training a tokenizer); no pixels drawn."""
+    """n question + answer texts over CORPUS_TASKS in turn (for training a tokenizer); no pixels drawn."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        task = TASKS[i % len(TASKS)]
+        task = CORPUS_TASKS[i % len(CORPUS_TASKS)]
         _, _, qa, _, _ = _draft(task, rng, 4 * 28 * 28, 160 * 28 * 28, 1, (112, 640), 64 * 28 * 28, False)
         out.extend(f"{q}\n{a}" for q, a, _ in qa)
     return out[:n]

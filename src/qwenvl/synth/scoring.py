@@ -14,6 +14,8 @@ Metrics (each a float; 0/1 for hit-or-miss ones):
 - gui:          click_in_element (a tool call's "coordinate", else the first point or box centre, inside
                 the element's box)
 - video_ground: miou (temporal IoU of the first time span), r@0.5
+- identify:     exact (the colour and kind, case, surrounding whitespace and a leading "the"/"a" or trailing
+                full stop aside)
 """
 
 from __future__ import annotations
@@ -113,6 +115,9 @@ def score(task: str, target: dict, text: str, input_size, media_size) -> dict[st
         return {"exact": float(_count(text) == int(target["count"]))}
     if task == "read":
         return {"exact": float(_norm(text) == _norm(target["text"]))}
+    if task == "identify":
+        said = re.sub(r"^(the|a|an) ", "", _norm(text).lower().rstrip("."))
+        return {"exact": float(said == target["label"])}
     if task == "document":
         doc = parse_document(text, input_size=tuple(input_size), image_size=tuple(media_size))
         pred = [b for b in doc.blocks if b.bbox is not None]
@@ -141,4 +146,4 @@ def score(task: str, target: dict, text: str, input_size, media_size) -> dict[st
 
 METRICS = {"ground": ("acc@0.5", "iou"), "ground_all": ("all_matched@0.5", "f1@0.5"), "point": ("point_in_box",),
            "count": ("exact",), "read": ("exact",), "document": ("block_f1",), "gui": ("click_in_element",),
-           "video_ground": ("miou", "r@0.5")}
+           "video_ground": ("miou", "r@0.5"), "identify": ("exact",)}

@@ -1,6 +1,7 @@
 """Shape scenes: 1 to 6 shapes (unique by colour + shape) on a plain, noisy or gradient background of
 another colour, and the grounding, pointing and counting questions about them (cookbook prompts,
-Qwen2.5-VL answer formats, coordinates in pixels of the resized input)."""
+Qwen2.5-VL answer formats, coordinates in pixels of the resized input), plus the converse of grounding:
+the shape in a given box, named."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from .common import (BACKGROUNDS, COLORS, SHAPES, background, draw_shape, far_co
 LOCATE = "Locate the {name}, output its bbox coordinates using JSON format."
 POINT = "Point to the {name}, output its coordinates in JSON format."
 COUNT = "How many {kind}s are there?"
+IDENTIFY = "What is the shape at {box}? Answer with its colour and kind."
 
 
 @dataclass
@@ -103,6 +105,16 @@ def questions(task: str, rng: random.Random, objs: list[Obj], size, insize, turn
             ans = json_answer([{"bbox_2d": to_input(o.box, insize, size), "label": o.name} for o in sel])
             out.append((DETECT_PROMPT.format(category=kind), ans,
                         {"boxes": [list(o.box) for o in sel], "labels": [o.name for o in sel]}))
+        elif task == "identify":
+            # The converse of grounding (a place given, the name asked): the answer reads the colour and kind
+            # from the image tokens at that place, which grounding's "find the tokens of this name" builds on
+            # (docs/training.md, the naming diagnostic).
+            if len(used) == len(objs):
+                break
+            o = _pick(rng, objs, used)
+            box = to_input(o.box, insize, size)
+            out.append((IDENTIFY.format(box=f"[{', '.join(map(str, box))}]"), o.name,
+                        {"label": o.name, "bbox": list(o.box)}))
         elif task == "count":
             # Every shape kind may be asked, present or not (0 is an answer too), and "shapes" overall.
             kind = _pick(rng, list(shapes) + ["shape"] * 2, used)
