@@ -18,7 +18,8 @@ import random
 
 from qwenvl.pipeline import load
 from qwenvl.synth.common import BACKGROUNDS, input_size
-from qwenvl.synth.scoring import _boxes, iou
+from qwenvl.synth.scoring import iou
+from qwenvl.tasks import parse_boxes
 from qwenvl.synth.shapes import LOCATE, scene
 
 
@@ -41,7 +42,8 @@ def probe(path: str, n: int, objects: tuple[int, int], sizes: tuple[int, int], s
         for i in range(0, n, 16):
             for r, (size, named, objs) in zip(pipe.chat(convs[i:i + 16], temperature=0, max_new_tokens=60),
                                               truth[i:i + 16]):
-                boxes = [d.bbox for d in _boxes(r.text, input_size(size, lo, hi), size) if d.bbox is not None]
+                boxes = [d.bbox for d in parse_boxes(r.text, input_size=input_size(size, lo, hi), image_size=size)
+                         if d.bbox is not None]
                 hits["shapes"] += len(objs)
                 if boxes:
                     hits["named@0.5"] += iou(boxes[0], named.box) >= 0.5

@@ -83,15 +83,21 @@ def _pick(rng: random.Random, pool: list, used: list):
 def questions(task: str, rng: random.Random, objs: list[Obj], size, insize, turns: int,
               shapes: tuple[str, ...] = SHAPES) -> list[tuple[str, str, dict]]:
     """(question, answer, target) per turn, up to `turns`; targets in original pixels. A shape is asked for
-    once per conversation (ground, point: a scene of n shapes gives at most n turns), since a repeated
+    once per conversation (ground, point, identify: a scene of n shapes gives at most n turns), since a repeated
     question is answered by copying the earlier reply, which teaches nothing."""
     out, used = [], []
     for _ in range(turns):
-        if task in ("ground", "point"):
+        if task in ("ground", "point", "identify"):
             if len(used) == len(objs):
                 break
             o = _pick(rng, objs, used)
-            if task == "ground":
+            if task == "identify":
+                # The converse of grounding (a place given, the name asked): the answer reads the colour and
+                # kind from the image tokens at that place (docs/training.md, the naming diagnostic).
+                box = to_input(o.box, insize, size)
+                out.append((IDENTIFY.format(box=f"[{', '.join(map(str, box))}]"), o.name,
+                            {"label": o.name, "bbox": list(o.box)}))
+            elif task == "ground":
                 ans = json_answer([{"bbox_2d": to_input(o.box, insize, size), "label": o.name}])
                 out.append((LOCATE.format(name=o.name), ans, {"bbox": list(o.box), "label": o.name}))
             else:
@@ -105,16 +111,6 @@ def questions(task: str, rng: random.Random, objs: list[Obj], size, insize, turn
             ans = json_answer([{"bbox_2d": to_input(o.box, insize, size), "label": o.name} for o in sel])
             out.append((DETECT_PROMPT.format(category=kind), ans,
                         {"boxes": [list(o.box) for o in sel], "labels": [o.name for o in sel]}))
-        elif task == "identify":
-            # The converse of grounding (a place given, the name asked): the answer reads the colour and kind
-            # from the image tokens at that place, which grounding's "find the tokens of this name" builds on
-            # (docs/training.md, the naming diagnostic).
-            if len(used) == len(objs):
-                break
-            o = _pick(rng, objs, used)
-            box = to_input(o.box, insize, size)
-            out.append((IDENTIFY.format(box=f"[{', '.join(map(str, box))}]"), o.name,
-                        {"label": o.name, "bbox": list(o.box)}))
         elif task == "count":
             # Every shape kind may be asked, present or not (0 is an answer too), and "shapes" overall.
             kind = _pick(rng, list(shapes) + ["shape"] * 2, used)
