@@ -32,10 +32,13 @@ def test_bench_tiny_json(capsys):
     # the physical ceilings bound every kernel measured beside them (with room for a shared machine's drift
     # between the measurements): no GEMM beats the cores' FMA peak, no matrix-vector product the memory
     if cpu.available():
-        assert ceil["fma_peak_gflops"] > 0
+        assert ceil["fma_peak_gflops"] > 0 and ceil["fma_peak_probe"] in cpu.peak_kinds()
+        peaks = {"fp32": ceil["fma_peak_gflops"], "bf16": ceil.get("bf16_peak_gflops")}
+        assert peaks["bf16"] is None or peaks["bf16"] >= 0.8 * peaks["fp32"]  # bf16 may always run as float32
         for fmt in ("bf16", "fp32"):
             for product in ("aten", "engine"):
-                assert 0 < ceil[f"{fmt}_matmul_gflops_{product}"] < 1.5 * ceil["fma_peak_gflops"]
+                if peaks[fmt] is not None:
+                    assert 0 < ceil[f"{fmt}_matmul_gflops_{product}"] < 1.5 * peaks[fmt]
         assert 0 < s_of(r)["vision_pct_of_fma_peak"] < 150 and 0 < s_of(r)["decode_pct_of_memory_read"] < 150
     for fmt in ("bf16", "fp32"):
         assert 0 < ceil[f"{fmt}_matvec_gbs_engine"] < 1.5 * ceil["memory_read_gbs"]
@@ -55,16 +58,26 @@ def s_of(r: dict) -> dict:
 
 
 def test_fma_peak_is_measured_not_defined():
-    """The probe does the work it reports, and its rate is a rate of that work: the FLOP count scales with the
+    """Each probe does the work it reports, and its rate is a rate of that work: the FLOP count scales with the
     iterations and the threads, and one thread's peak is at most about all threads' peak."""
-    import torch
-    from qwenvl.bench.ceilings import fma_peak_gflops
+    from qwenvl.bench.ceilings import fma_peak_gflops, peak_probe
     if not cpu.available():
         assert fma_peak_gflops(torch.device("cpu")) is None
         return
     threads = torch.get_num_threads()
-    assert cpu.fma_flops(1 << 12) == pytest.approx(threads * (1 << 12) * 12 * 8 * 2, rel=1e-6)
-    assert cpu.fma_flops(1 << 14) == pytest.approx(4 * cpu.fma_flops(1 << 12), rel=1e-6)
+    kinds = cpu.peak_kinds()
+    assert kinds[0] == "avx2_fma"  # the native kernels need AVX2, so its probe always runs
+    per_lane = {"avx2_fma": 8 * 2, "avx512_fma": 16 * 2, "avx512_bf16_dot": 16 * 4}
+    for kind in kinds:
+        assert cpu.fma_flops(1 << 12, kind) == pytest.approx(threads * (1 << 12) * 12 * per_lane[kind], rel=1e-6)
+        assert cpu.fma_flops(1 << 14, kind) == pytest.approx(4 * cpu.fma_flops(1 << 12, kind), rel=1e-6)
+        assert cpu.fma_rate(1 << 14, kind) > 0
+    for kind in set(cpu.PEAK_KINDS) - set(kinds):
+        with pytest.raises(ValueError, match=kind):
+            cpu.fma_flops(1 << 12, kind)
+    with pytest.raises(ValueError, match="sse"):
+        cpu.fma_rate(1, "sse")
+    assert peak_probe(torch.device("cpu"), "fp32") in kinds
     peak = fma_peak_gflops(torch.device("cpu"), seconds=0.05)
     try:
         torch.set_num_threads(1)
@@ -73,6 +86,8 @@ def test_fma_peak_is_measured_not_defined():
         torch.set_num_threads(threads)
     assert 1 < one <= 1.2 * peak  # an AVX2 core does far more than 1 GFLOP/s
     assert fma_peak_gflops(torch.device("meta")) is None
+    with pytest.raises(ValueError, match="fp8"):
+        fma_peak_gflops(torch.device("cpu"), "fp8")
 
 
 def test_grid_and_request():

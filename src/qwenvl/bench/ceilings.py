@@ -2,8 +2,9 @@
 
 Physical ceilings, measured here: `memory_read_gbs`, a plain streaming read (a sum over vectors far larger
 than the last-level cache: what the memory delivers), the bound on decoding, which reads every weight once
-per token; and `fma_peak_gflops`, the cores' peak FMA throughput (fast/cpu/peak.c: independent FMA chains
-on every thread, nothing read from memory), the bound on the tower and prefill.
+per token; and `fma_peak_gflops` / `bf16_peak_gflops`, the cores' peak throughput for float32 and bf16 products
+(fast/cpu/peak.c: independent chains of the widest vector multiply-add the CPU has for the format, on every
+thread, nothing read from memory), the bound on the tower and prefill.
 
 Kernels, each measured as aten runs it and as the engine's layers run it: dense matmul GFLOP/s (bf16, fp32)
 and matrix-vector GB/s (bf16, fp32, int8). `<fmt>_matmul_gflops` and `<fmt>_matvec_gbs` are the faster of
@@ -135,29 +136,57 @@ def engine_layers(module: torch.nn.Module) -> torch.nn.Module:
     return use_native_kernels(use_fast_layers(module))
 
 
-def fma_peak_gflops(device: torch.device, seconds: float = 0.2, repeats: int = 3) -> float | None:
-    """Peak FMA GFLOP/s of the cores at torch's thread count, from fast/cpu/peak.c's loop: the best of `repeats`
+def fma_peak_gflops(device: torch.device, fmt: str = "fp32", seconds: float = 0.2, repeats: int = 3) -> float | None:
+    """Peak GFLOP/s of the cores at torch's thread count for products in `fmt` ("fp32" or "bf16"): the fastest of
+    fast/cpu/peak.c's probes this CPU has that computes that format (AVX2 or AVX-512 FMA; for bf16 also
+    AVX-512 BF16's dot product, which aten's bf16 GEMM uses where it exists). Each probe: the best of `repeats`
     runs of ~`seconds`, each rated two ways, per thread over the CPU time it got (another tenant's share of
     the cores then lowers the kernels' wall-clock rates, not this limit) and over the wall time (which a
     VM's steal time cannot inflate). Both are lower bounds of what the cores do; this is the larger. None
-    where the native kernels (which hold the probe) are not built, or off the CPU."""
-    from ..fast import cpu
-    if device.type != "cpu" or not cpu.available():
+    where the native kernels (which hold the probes) are not built, off the CPU, and for bf16 on a CPU with
+    AMX tiles (no vector loop bounds those)."""
+    probe = peak_probe(device, fmt)
+    if probe is None:
         return None
+    from ..fast import cpu
     iters = 1 << 16
     while True:  # size the run to ~`seconds` of CPU time per thread
-        rate = cpu.fma_rate(iters) / max(1, torch.get_num_threads())
-        if iters * 192 / rate >= seconds / 4 or iters > 1 << 32:
+        rate = cpu.fma_rate(iters, probe) / max(1, torch.get_num_threads())
+        flops_per_iter = cpu.fma_flops(1, probe) / max(1, torch.get_num_threads())
+        if iters * flops_per_iter / rate >= seconds / 4 or iters > 1 << 32:
             break
         iters *= 4
-    iters = max(1, int(seconds * rate / 192))
+    iters = max(1, int(seconds * rate / flops_per_iter))
     best = 0.0
     for _ in range(repeats):
-        by_cpu_time = cpu.fma_rate(iters)
+        by_cpu_time = cpu.fma_rate(iters, probe)
         t0 = time.perf_counter()
-        by_wall_time = cpu.fma_flops(iters) / (time.perf_counter() - t0)
+        by_wall_time = cpu.fma_flops(iters, probe) / (time.perf_counter() - t0)
         best = max(best, by_cpu_time, by_wall_time)
     return best / 1e9
+
+
+def peak_probe(device: torch.device, fmt: str) -> str | None:
+    """The peak.c probe `fma_peak_gflops` runs for `fmt`: the widest vector instruction this CPU has for it."""
+    from ..fast import cpu
+    if fmt not in ("fp32", "bf16"):
+        raise ValueError(f"peak format {fmt!r}: expected 'fp32' or 'bf16'")
+    if device.type != "cpu" or not cpu.available() or (fmt == "bf16" and "amx_bf16" in cpu_flags()):
+        return None
+    # the later probes in peak.c's order are the wider ones
+    return [k for k in cpu.peak_kinds() if fmt in cpu.PEAK_FORMATS[k]][-1]
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def memory_read_gbs(device: torch.device, nbytes: int = 4 * 90 << 20, count: int = 4) -> float:
@@ -171,15 +200,18 @@ def memory_read_gbs(device: torch.device, nbytes: int = 4 * 90 << 20, count: int
 
 
 def measure(device: torch.device, progress=None) -> dict:
-    """Flat figures: the physical ceilings (`memory_read_gbs`, `fma_peak_gflops`), then `<fmt>_matmul_gflops` and
+    """Flat figures: the physical ceilings (`memory_read_gbs`, `fma_peak_gflops` and `bf16_peak_gflops` with the
+    probe each came from, `..._probe`), then `<fmt>_matmul_gflops` and
     `<fmt>_matvec_gbs`, the faster product's, and `..._<product>` each one's."""
     out = {}
     if progress:
-        progress("ceiling: memory_read_gbs, fma_peak_gflops")
+        progress("ceiling: memory_read_gbs, fma_peak_gflops, bf16_peak_gflops")
     out["memory_read_gbs"] = round(memory_read_gbs(device), 2)
-    peak = fma_peak_gflops(device)
-    if peak is not None:
-        out["fma_peak_gflops"] = round(peak, 2)
+    for fmt, key in (("fp32", "fma_peak_gflops"), ("bf16", "bf16_peak_gflops")):
+        peak = fma_peak_gflops(device, fmt)
+        if peak is not None:
+            out[key] = round(peak, 2)
+            out[f"{key.removesuffix('_gflops')}_probe"] = peak_probe(device, fmt)
     for fmt, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         if progress:
             progress(f"kernel: {fmt}_matmul_gflops")

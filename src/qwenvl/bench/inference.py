@@ -571,8 +571,10 @@ def summarize(r: dict, flops_v: float, flops_p: float) -> None:
             key = {"bfloat16": "bf16_matvec_gbs", "float16": "bf16_matvec_gbs"}.get(r["dtype"], "fp32_matvec_gbs")
             s["decode_pct_of_matvec"] = 100 * s["decode_gb_s"] / ceil[key]
         # against the physical ceilings: the machine's limits, which no kernel of ours moves
-        if ceil.get("fma_peak_gflops"):
-            peak = ceil["fma_peak_gflops"] * 1e9
+        # the peak for the run's format: bf16 weights may run on bf16 dot-product instructions, far above float32
+        peak_key = "bf16_peak_gflops" if r["dtype"] == "bfloat16" else "fma_peak_gflops"
+        if ceil.get(peak_key):
+            peak = ceil[peak_key] * 1e9
             s["vision_pct_of_fma_peak"] = 100 * flops_v / ours["vision_s"] / peak
             s["ttft_pct_of_fma_peak"] = 100 * (flops_v + flops_p) / ours["ttft_s"] / peak
         if "decode_gb_s" in s and ceil.get("memory_read_gbs"):
@@ -624,7 +626,7 @@ def _fmt_bytes(n):
 
 
 MEANINGS = {
-    "vision_pct_of_fma_peak": "tower FLOP/s as % of the cores' measured peak FMA throughput (physical)",
+    "vision_pct_of_fma_peak": "tower FLOP/s as % of the cores' measured peak for the run's format (physical)",
     "ttft_pct_of_fma_peak": "tower + prefill FLOP/s against that peak",
     "decode_gb_s": "weight bytes read per second while decoding (bytes per token x tokens/s)",
     "decode_pct_of_memory_read": "that, as % of a plain streaming read's bandwidth (physical: decoding is "

@@ -1,6 +1,6 @@
 """Native CPU kernels (AVX2 + FMA): matrix-vector products for decoding in bf16, int8 and int4 (gemv.c, int4.c),
 attention over a bf16 KV cache, RMSNorm and the SwiGLU activation (gemv.c), a float32 GEMM (gemm.c), a whole
-decoding step (decode.c) and a peak-FMA probe (peak.c).
+decoding step (decode.c) and peak-throughput probes (peak.c).
 
 Why: on an x86 CPU without bf16 matrix instructions aten's bf16 and weight-only int8 products are compute-bound
 well below the memory bandwidth, and decoding is bound by reading the weights (docs/benchmarks.md has the
@@ -394,11 +394,33 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return out
 
 
-def fma_flops(iters: int) -> float:
-    """Floating-point operations done by `iters` rounds of 12 independent 8-wide FMAs on every thread (peak.c)."""
-    return _library().qwenvl_fma_flops(int(iters))
+# the probes of peak.c (its enum): the vector instruction each one repeats, and the format of the products
+# that instruction computes (a bf16 product can also run as float32 FMAs on converted operands)
+PEAK_KINDS = {"avx2_fma": 0, "avx512_fma": 1, "avx512_bf16_dot": 2}
+PEAK_FORMATS = {"avx2_fma": ("fp32", "bf16"), "avx512_fma": ("fp32", "bf16"), "avx512_bf16_dot": ("bf16",)}
 
 
-def fma_rate(iters: int) -> float:
+def peak_kinds() -> list[str]:
+    """The probes this CPU can run."""
+    bits = _library().qwenvl_peak_kinds()
+    return [name for name, k in PEAK_KINDS.items() if bits & (1 << k)]
+
+
+def fma_flops(iters: int, kind: str = "avx2_fma") -> float:
+    """Floating-point operations done by `iters` rounds of 12 independent vector multiply-adds of `kind` on every
+    thread (peak.c): 2 per lane for an FMA, 4 per lane for the bf16 dot product (two products summed)."""
+    return _peak(_library().qwenvl_fma_flops, iters, kind)
+
+
+def fma_rate(iters: int, kind: str = "avx2_fma") -> float:
     """FLOP/s of the same loop: per thread, its operations over the CPU time it got, summed over the threads."""
-    return _library().qwenvl_fma_rate(int(iters))
+    return _peak(_library().qwenvl_fma_rate, iters, kind)
+
+
+def _peak(fn, iters: int, kind: str) -> float:
+    if kind not in PEAK_KINDS:
+        raise ValueError(f"peak probe kind {kind!r}: expected one of {sorted(PEAK_KINDS)}")
+    out = fn(int(iters), PEAK_KINDS[kind])
+    if out < 0:
+        raise ValueError(f"peak probe kind {kind!r}: this CPU lacks its instructions (it has {peak_kinds()})")
+    return out

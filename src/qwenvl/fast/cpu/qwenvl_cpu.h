@@ -35,12 +35,15 @@ void qwenvl_silu_mul(const float* gu, float* out, long M, long H);
 int qwenvl_gemm(const float* A, long lda, const void* W, int w_kind, const float* scale, const void* bias,
                 int bias_bf16, float* C, long ldc, long M, long N, long K);
 
-/* ---- peak FMA throughput (peak.c): `iters` rounds of independent FMAs on every OpenMP thread. _flops
- * returns the floating-point operations done (2 per lane per FMA); _rate the sum over the threads of each
- * one's operations per second of the CPU time it got (what the cores do while they run it, whatever share
- * of them a loaded machine gives) */
-double qwenvl_fma_flops(long iters);
-double qwenvl_fma_rate(long iters);
+/* ---- peak arithmetic throughput (peak.c): `iters` rounds of independent vector operations of `kind` on every
+ * OpenMP thread. _flops returns the floating-point operations done (2 per multiply-add); _rate the sum over
+ * the threads of each one's operations per second of the CPU time it got (what the cores do while they run
+ * it, whatever share of them a loaded machine gives); both -1 for a kind the CPU lacks. _kinds: a bit per
+ * kind the CPU has */
+enum { PEAK_AVX2_FMA = 0, PEAK_AVX512_FMA = 1, PEAK_AVX512_BF16_DOT = 2 };
+int qwenvl_peak_kinds(void);
+double qwenvl_fma_flops(long iters, int kind);
+double qwenvl_fma_rate(long iters, int kind);
 
 /* ---- a whole decoding step (decode.c); qwenvl/fast/native_decode.py fills these structs */
 enum { LINEAR_BF16 = 0, LINEAR_INT8 = 1, LINEAR_INT8_PACKED = 2, LINEAR_INT4 = 3 };
