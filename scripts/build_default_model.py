@@ -30,6 +30,8 @@
    - train21: chunk 15 on small scenes of two or three shapes first, stopped after that stage (placing
      improved, naming did not), not shipped;
    - train22: train21's first stage with grounding's converse (`identify`) in the mix, not shipped;
+   - train23: chunk 15 grown to a 4-layer decoder, with both directions of `cell` (a shape's row and
+     column of the token grid, in words) beside grounding;
    (train3 was a discarded variant of train4; the script keeps the chunks the shipped model came from)
 3. `eval`: `qwenvl eval run` on held-out sets written by `qwenvl.synth.write` (another seed, scenes up
    to 1000 px a side);
@@ -253,6 +255,20 @@ RECIPE22 = {**RECIPE21, "max_steps": 3000, "curriculum": None,
             "eval_data": "synth:ground,point,count,video_ground,identify",
             "synth": {**NAMING, "per_task": {**NAMING["per_task"], "identify": {"turns": 2}}}}
 
+# Chunk 23: the naming diagnostic's lesson on shape scenes. Chunk 22's converse in pixel digits was not learnt;
+# the cell probe's converse in words of the token grid was, by a 4-layer decoder. So chunk 15 grows to four
+# decoder layers (`grow chunk15 --layers 4`) and learns `cell` (the shape in row R, column C named, or a named
+# shape's row and column given, 28-pixel cells of merged tokens) beside grounding and pointing on chunk 21's
+# small scenes of two or three shapes, with counting and temporal grounding kept; then chunk 15's second-stage
+# scenes and mix, `cell` still in it.
+RECIPE23 = {
+    **RECIPE15, "max_steps": 5000, "synth": {**NAMING, "per_task": {**NAMING["per_task"], "cell": {"turns": 3}}},
+    "eval_data": "synth:ground,point,count,video_ground,cell",
+    "curriculum": [{"steps": 2500, "data": "synth:cell=4,ground=2,point=1,count=1,video_ground=1"},
+                   {"steps": 2500, "data": "synth:cell=2,ground=3,point=2,ground_all=1,count=2,video_ground=2",
+                    "synth": {"size_range": [56, 640], "objects": [1, 5]}}],
+}
+
 # name -> (starts from, recipe, where its end is exported); `train NAME` runs (or resumes) it
 CHUNKS = {
     "train1": ("init", RECIPE1, "chunk1"),
@@ -276,6 +292,7 @@ CHUNKS = {
     "train20": ("chunk19", RECIPE20, "chunk20"),
     "train21": ("chunk15", RECIPE21, "chunk21"),
     "train22": ("chunk15", RECIPE22, "chunk22"),
+    "train23": ("chunk15-deep4", RECIPE23, "chunk23"),
 }
 SHIPPED = "chunk15"  # train15: better than train2 (shipped before) on every held-out set that moved
 

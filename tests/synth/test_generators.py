@@ -89,6 +89,10 @@ def wrong_answer(task, target, answer, ex):
     if task == "identify":          # the right kind in another colour
         colour, kind = target["label"].split()
         return f"{'blue' if colour != 'blue' else 'red'} {kind}"
+    if task == "cell":              # the next column over, or the right kind in another colour
+        if target["ask"] == "cell":
+            return f"row {target['cell'][0]}, column {target['cell'][1] + 1}"
+        return wrong_answer("identify", target, answer, ex)
     s, e = target["span"]
     return f"The given query happens in {e + 1:.1f} - {e + 3:.1f} seconds."
 
@@ -158,7 +162,7 @@ def test_multi_turn_media_only_in_the_first_turn():
     assert sorted(kinds[0]) == ["image", "text"] and kinds[1] == kinds[2] == ["text"]
 
 
-@pytest.mark.parametrize("task", ["ground", "point"])
+@pytest.mark.parametrize("task", ["ground", "point", "cell"])
 def test_a_shape_is_asked_for_once_per_conversation(task):
     rng = random.Random(6)
     for _ in range(40):
@@ -376,3 +380,39 @@ def test_identify_asks_for_the_shape_in_its_box_in_resized_pixels():
             assert ex.messages[2 * j + 1]["content"] == target["label"]
             for said in (target["label"], f"The {target['label']}.", f"  a {target['label'].upper()} "):
                 assert synth.score("identify", target, said, ex.input_size, ex.media_size) == {"exact": 1.0}
+
+
+def test_cell_names_the_merged_token_under_the_shape_and_asks_both_ways():
+    """`cell`'s row and column are those of the 28-pixel image token holding the centre of the shape's box in the
+    resized input (drawn there in the shape's colour for the filled kinds); a name is asked only for a cell no
+    other shape's centre shares; both directions occur."""
+    rng = random.Random(23)
+    asked = {"name": 0, "cell": 0}
+    for _ in range(40):
+        ex = synth.sample("cell", rng, turns=3, objects=(2, 4), size_range=(112, 400), max_pixels=100 * 28 * 28)
+        img = media(ex)["image"].resize(ex.input_size)
+        w, h = ex.input_size
+        cells = {}
+        for j, t in enumerate(ex.targets):
+            q = [c for c in ex.messages[2 * j]["content"] if c["type"] == "text"][0]["text"]
+            row, col = t["cell"]
+            assert 1 <= row <= h // 28 and 1 <= col <= w // 28
+            x1, y1, x2, y2 = t["bbox"]
+            cx, cy = (x1 + x2) / 2 * w / ex.media_size[0], (y1 + y2) / 2 * h / ex.media_size[1]
+            assert (row - 1) * 28 <= cy <= row * 28 and (col - 1) * 28 <= cx <= col * 28
+            if t["label"].split()[1] in ("square", "circle"):   # filled through the centre
+                assert nearest_colour(img.getpixel((int(cx), int(cy)))) == t["label"].split()[0]
+            asked[t["ask"]] += 1
+            if t["ask"] == "name":
+                assert q == f"What is the shape in row {row}, column {col}?" and ex.messages[2 * j + 1]["content"] == t["label"]
+            else:
+                assert q == f"In which row and column is the {t['label']}?"
+                assert ex.messages[2 * j + 1]["content"] == f"row {row}, column {col}"
+            cells.setdefault((row, col), []).append(t["ask"])
+        for o_cell, asks in cells.items():
+            assert asks.count("name") <= 1
+    assert asked["name"] > 20 and asked["cell"] > 20
+    target = {"label": "red star", "cell": [3, 4], "bbox": [0, 0, 1, 1], "ask": "cell"}
+    for said, want in (("row 3, column 4", 1.0), ("Row 3 column 4.", 1.0), ("row 4, column 3", 0.0), ("3, 4", 0.0)):
+        assert synth.score("cell", target, said, (112, 112), (112, 112)) == {"exact": want}
+    assert synth.score("cell", {**target, "ask": "name"}, "The red star.", (112, 112), (112, 112)) == {"exact": 1.0}

@@ -17,6 +17,9 @@ Tasks (`TASKS`):
                 times -> "The given query happens in S - E seconds."
 - identify:     "What is the shape at [x1, y1, x2, y2]? Answer with its colour and kind." -> "{colour} {shape}"
                 (the converse of grounding, a shape scene's box given)
+- cell:         "What is the shape in row R, column C?" -> "{colour} {shape}", or "In which row and column is
+                the {colour} {shape}?" -> "row R, column C" (rows and columns of merged image tokens, 28 input
+                pixels, from 1; the cell holding the box's centre): both directions in words
 
 Coordinates in answers are absolute pixels of the RESIZED input (smart_resize, factor 28, the sample's
 pixel budget), as Qwen2.5-VL writes them; targets are in original pixels and seconds. Each media item
@@ -35,7 +38,7 @@ from pathlib import Path
 
 
 TASKS: tuple[str, ...] = ("ground", "ground_all", "point", "count", "read", "document", "gui", "video_ground",
-                          "identify")
+                          "identify", "cell")
 # corpus() draws from these only: the tasks the bundled tokenizer was trained on (an `init` stays reproducible)
 CORPUS_TASKS = TASKS[:8]
 ORDERS = ("random", "media_first", "text_first")
@@ -87,7 +90,7 @@ def score(task: str, target: dict, text: str, input_size, media_size) -> dict[st
 
 
 def _generator(task: str):
-    if task in ("ground", "ground_all", "point", "count", "identify"):
+    if task in ("ground", "ground_all", "point", "count", "identify", "cell"):
         from . import shapes
         return lambda rng, opts: shapes.generate(task, rng, opts)
     if task == "read":

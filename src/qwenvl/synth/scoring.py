@@ -16,6 +16,7 @@ Metrics (each a float; 0/1 for hit-or-miss ones):
 - video_ground: miou (temporal IoU of the first time span), r@0.5
 - identify:     exact (the colour and kind, case, surrounding whitespace and a leading "the"/"a" or trailing
                 full stop aside)
+- cell:         exact (a name, as identify; a place, the first "row R ... column C" in the answer)
 """
 
 from __future__ import annotations
@@ -79,6 +80,11 @@ def _norm(s: str) -> str:
     return " ".join(str(s).split())
 
 
+def _name(text: str) -> str:
+    """A shape's name as said: lower case, without a leading article or a trailing full stop."""
+    return re.sub(r"^(the|a|an) ", "", _norm(text).lower().rstrip("."))
+
+
 def _count(text: str) -> int | None:
     m = re.search(r"-?\d+", text)
     if m:
@@ -115,9 +121,11 @@ def score(task: str, target: dict, text: str, input_size, media_size) -> dict[st
         return {"exact": float(_count(text) == int(target["count"]))}
     if task == "read":
         return {"exact": float(_norm(text) == _norm(target["text"]))}
-    if task == "identify":
-        said = re.sub(r"^(the|a|an) ", "", _norm(text).lower().rstrip("."))
-        return {"exact": float(said == target["label"])}
+    if task == "identify" or (task == "cell" and target["ask"] == "name"):
+        return {"exact": float(_name(text) == target["label"])}
+    if task == "cell":
+        m = re.search(r"row\s*(\d+)\D*?column\s*(\d+)", text.lower())
+        return {"exact": float(m is not None and [int(m[1]), int(m[2])] == target["cell"])}
     if task == "document":
         doc = parse_document(text, input_size=tuple(input_size), image_size=tuple(media_size))
         pred = [b for b in doc.blocks if b.bbox is not None]
@@ -146,4 +154,5 @@ def score(task: str, target: dict, text: str, input_size, media_size) -> dict[st
 
 METRICS = {"ground": ("acc@0.5", "iou"), "ground_all": ("all_matched@0.5", "f1@0.5"), "point": ("point_in_box",),
            "count": ("exact",), "read": ("exact",), "document": ("block_f1",), "gui": ("click_in_element",),
-           "video_ground": ("miou", "r@0.5"), "identify": ("exact",)}
+           "video_ground": ("miou", "r@0.5"), "identify": ("exact",),
+           "cell": ("exact",)}

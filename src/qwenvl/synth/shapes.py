@@ -1,7 +1,8 @@
 """Shape scenes: 1 to 6 shapes (unique by colour + shape) on a plain, noisy or gradient background of
 another colour, and the grounding, pointing and counting questions about them (cookbook prompts,
 Qwen2.5-VL answer formats, coordinates in pixels of the resized input), plus the converse of grounding:
-the shape in a given box, named."""
+the shape in a given box, named; and both directions again in words, on the grid of merged image tokens
+(`cell`: the shape in row R, column C named, or a named shape's row and column given)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ LOCATE = "Locate the {name}, output its bbox coordinates using JSON format."
 POINT = "Point to the {name}, output its coordinates in JSON format."
 COUNT = "How many {kind}s are there?"
 IDENTIFY = "What is the shape at {box}? Answer with its colour and kind."
+CELL_NAME = "What is the shape in row {row}, column {col}?"
+CELL_PLACE = "In which row and column is the {name}?"
+CELL_ANSWER = "row {row}, column {col}"
+CELL = 28   # a merged image token's side in input pixels (patch 14 x merge 2): one cell of the grid `cell` asks about
 
 
 @dataclass
@@ -83,7 +88,7 @@ def _pick(rng: random.Random, pool: list, used: list):
 def questions(task: str, rng: random.Random, objs: list[Obj], size, insize, turns: int,
               shapes: tuple[str, ...] = SHAPES) -> list[tuple[str, str, dict]]:
     """(question, answer, target) per turn, up to `turns`; targets in original pixels. A shape is asked for
-    once per conversation (ground, point, identify: a scene of n shapes gives at most n turns), since a repeated
+    once per conversation (ground, point, identify, cell: a scene of n shapes gives at most n turns), since a repeated
     question is answered by copying the earlier reply, which teaches nothing."""
     out, used = [], []
     for _ in range(turns):
@@ -104,6 +109,19 @@ def questions(task: str, rng: random.Random, objs: list[Obj], size, insize, turn
                 ans = json_answer([{"point_2d": to_input(o.point, insize, size), "label": o.name}])
                 out.append((POINT.format(name=o.name), ans,
                             {"bbox": list(o.box), "point": [round(v, 2) for v in o.point], "label": o.name}))
+        elif task == "cell":
+            if len(used) == len(objs):
+                break
+            o = _pick(rng, objs, used)
+            row, col = cell_of(o, insize, size)
+            # the name asked only for a cell that holds no other shape's centre (else two answers are right)
+            alone = all(cell_of(p, insize, size) != (row, col) for p in objs if p is not o)
+            target = {"label": o.name, "cell": [row, col], "bbox": list(o.box)}
+            if alone and rng.random() < 0.5:
+                out.append((CELL_NAME.format(row=row, col=col), o.name, {**target, "ask": "name"}))
+            else:
+                out.append((CELL_PLACE.format(name=o.name), CELL_ANSWER.format(row=row, col=col),
+                            {**target, "ask": "cell"}))
         elif task == "ground_all":
             kinds = sorted({o.kind for o in objs})
             kind = _pick(rng, kinds + ["shape"] * max(1, len(kinds) // 2), used)
@@ -119,6 +137,14 @@ def questions(task: str, rng: random.Random, objs: list[Obj], size, insize, turn
         else:
             raise ValueError(f"not a shape task: {task!r}")
     return out
+
+
+def cell_of(o: Obj, insize, size) -> tuple[int, int]:
+    """(row, column), from 1, of the merged image token holding the centre of `o`'s box in the resized input: the
+    cells MRoPE numbers the image tokens by (docs/training.md, the naming diagnostic)."""
+    x1, y1, x2, y2 = o.box
+    cx, cy = (x1 + x2) / 2 * insize[0] / size[0], (y1 + y2) / 2 * insize[1] / size[1]
+    return min(int(cy // CELL), insize[1] // CELL - 1) + 1, min(int(cx // CELL), insize[0] // CELL - 1) + 1
 
 
 def generate(task: str, rng: random.Random, opts):

@@ -1,5 +1,6 @@
 """Synthetic held-out sets (`qwenvl data synth` -> OUT/eval.jsonl): synth_ground, synth_ground_all,
-synth_point, synth_count, synth_read, synth_document, synth_gui, synth_video_ground, synth_identify, and
+synth_point, synth_count, synth_read, synth_document, synth_gui, synth_video_ground, synth_identify,
+synth_cell, and
 `synth`, which takes rows of any of them (metrics reported per task, "<task>/<metric>").
 
 Each row carries its question, its media (image, or video + fps), the pixel budget the answer's
@@ -19,7 +20,7 @@ from ..registry import SampleScore, Task, mean_metrics, register
 from ._common import first, text, text_of, user
 
 MAX_NEW_TOKENS = {"ground": 64, "ground_all": 256, "point": 48, "count": 8, "read": 48, "document": 768,
-                  "gui": 48, "video_ground": 32, "identify": 16}
+                  "gui": 48, "video_ground": 32, "identify": 16, "cell": 16}
 
 
 @register("synth", *(f"synth_{t}" for t in SYNTH_TASKS))
