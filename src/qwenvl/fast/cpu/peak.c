@@ -31,81 +31,64 @@ static double account(double flops, double t0, int rate) {
     return rate ? (dt > 0 ? flops / dt : 0) : flops;
 }
 
-/* the result is used, so the loop is not optimised away */
-#define FINISH(vec, zero, add, store, lanes)  \
-    vec s = zero();                           \
-    X12(add)                                  \
-    float sink[lanes];                        \
-    store(sink, s);                           \
-    used = (sink[0] == 12345.0f);
+/* One probe, `name`: on every thread twelve chains of the STEP macro (defined before each use, with SETUP
+ * naming its constant operands) over vectors of `lanes` float32, `ops` operations per lane and step. The
+ * chains' sum is stored and compared, so the loop is not optimised away. */
+#define PROBE(name, vec, set1, zero, add, store, lanes, ops)                        \
+    static double name(long iters, int rate) {                                     \
+        double total = 0;                                                          \
+        _Pragma("omp parallel reduction(+ : total)") {                             \
+            double t0 = thread_cpu_seconds();                                      \
+            SETUP                                                                  \
+            DECLARE_CHAINS(vec, set1)                                              \
+            for (long it = 0; it < iters; it++) {                                  \
+                X12(STEP)                                                          \
+            }                                                                      \
+            vec s = zero();                                                        \
+            SUM_CHAINS(add)                                                        \
+            float sink[lanes];                                                     \
+            store(sink, s);                                                        \
+            double used = (sink[0] == 12345.0f);                                   \
+            total += account((double)iters * 12 * (lanes) * (ops) + used, t0, rate); \
+        }                                                                          \
+        return total;                                                              \
+    }
 
-static double avx2_fma(long iters, int rate) {
-    double total = 0;
-#pragma omp parallel reduction(+ : total)
-    {
-        double t0 = thread_cpu_seconds(), used;
-        const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
-#define DECLARE(i) __m256 a##i = _mm256_set1_ps((float)(i + omp_get_thread_num()));
+/* chain i starts at i + the thread's number */
+#define DECLARE_CHAINS(vec, set1)                                                                 \
+    const float t = (float)omp_get_thread_num();                                                  \
+    vec a0 = set1(t), a1 = set1(t + 1), a2 = set1(t + 2), a3 = set1(t + 3), a4 = set1(t + 4),      \
+        a5 = set1(t + 5), a6 = set1(t + 6), a7 = set1(t + 7), a8 = set1(t + 8), a9 = set1(t + 9), \
+        a10 = set1(t + 10), a11 = set1(t + 11);
+#define SUM_CHAINS(add)                                                                  \
+    s = add(s, a0); s = add(s, a1); s = add(s, a2); s = add(s, a3); s = add(s, a4); s = add(s, a5); \
+    s = add(s, a6); s = add(s, a7); s = add(s, a8); s = add(s, a9); s = add(s, a10); s = add(s, a11);
+
+/* 8-wide AVX2 FMA: a = a * m + c, two operations a lane */
+#define SETUP const __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
 #define STEP(i) a##i = _mm256_fmadd_ps(a##i, m, c);
-#define ADD(i) s = _mm256_add_ps(s, a##i);
-        X12(DECLARE)
-        for (long it = 0; it < iters; it++) {
-            X12(STEP)
-        }
-        FINISH(__m256, _mm256_setzero_ps, ADD, _mm256_storeu_ps, 8)
-#undef DECLARE
+PROBE(avx2_fma, __m256, _mm256_set1_ps, _mm256_setzero_ps, _mm256_add_ps, _mm256_storeu_ps, 8, 2)
+#undef SETUP
 #undef STEP
-#undef ADD
-        total += account((double)iters * 12 * 8 * 2 + used, t0, rate);
-    }
-    return total;
-}
 
-__attribute__((target("avx512f"))) static double avx512_fma(long iters, int rate) {
-    double total = 0;
-#pragma omp parallel reduction(+ : total)
-    {
-        double t0 = thread_cpu_seconds(), used;
-        const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-#define DECLARE(i) __m512 a##i = _mm512_set1_ps((float)(i + omp_get_thread_num()));
+/* 16-wide AVX-512 FMA */
+#define SETUP const __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
 #define STEP(i) a##i = _mm512_fmadd_ps(a##i, m, c);
-#define ADD(i) s = _mm512_add_ps(s, a##i);
-        X12(DECLARE)
-        for (long it = 0; it < iters; it++) {
-            X12(STEP)
-        }
-        FINISH(__m512, _mm512_setzero_ps, ADD, _mm512_storeu_ps, 16)
-#undef DECLARE
+__attribute__((target("avx512f")))
+PROBE(avx512_fma, __m512, _mm512_set1_ps, _mm512_setzero_ps, _mm512_add_ps, _mm512_storeu_ps, 16, 2)
+#undef SETUP
 #undef STEP
-#undef ADD
-        total += account((double)iters * 12 * 16 * 2 + used, t0, rate);
-    }
-    return total;
-}
 
-__attribute__((target("avx512f,avx512bf16"))) static double avx512_bf16_dot(long iters, int rate) {
-    double total = 0;
-#pragma omp parallel reduction(+ : total)
-    {
-        double t0 = thread_cpu_seconds(), used;
-        /* small products, so the float32 sums stay finite however long the run */
-        const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-7f), _mm512_set1_ps(1e-7f));
-        const __m512bh y = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5f), _mm512_set1_ps(0.5f));
-#define DECLARE(i) __m512 a##i = _mm512_set1_ps((float)(i + omp_get_thread_num()));
+/* AVX-512 BF16 dot product: each float32 lane adds two bf16 products, four operations; small products, so
+ * the float32 sums stay finite however long the run */
+#define SETUP                                                                       \
+    const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-7f), _mm512_set1_ps(1e-7f)); \
+    const __m512bh y = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5f), _mm512_set1_ps(0.5f));
 #define STEP(i) a##i = _mm512_dpbf16_ps(a##i, x, y);
-#define ADD(i) s = _mm512_add_ps(s, a##i);
-        X12(DECLARE)
-        for (long it = 0; it < iters; it++) {
-            X12(STEP)
-        }
-        FINISH(__m512, _mm512_setzero_ps, ADD, _mm512_storeu_ps, 16)
-#undef DECLARE
+__attribute__((target("avx512f,avx512bf16")))
+PROBE(avx512_bf16_dot, __m512, _mm512_set1_ps, _mm512_setzero_ps, _mm512_add_ps, _mm512_storeu_ps, 16, 4)
+#undef SETUP
 #undef STEP
-#undef ADD
-        total += account((double)iters * 12 * 16 * 2 * 2 + used, t0, rate);
-    }
-    return total;
-}
 
 int qwenvl_peak_kinds(void) {
     __builtin_cpu_init();
