@@ -39,7 +39,12 @@ def test_bench_tiny_json(capsys):
             for product in ("aten", "engine"):
                 if peaks[fmt] is not None:
                     assert 0 < ceil[f"{fmt}_matmul_gflops_{product}"] < 1.5 * peaks[fmt]
-        assert 0 < s_of(r)["vision_pct_of_fma_peak"] < 150 and 0 < s_of(r)["decode_pct_of_memory_read"] < 150
+        # the share of the run's format peak, where one bounds it (none for bf16 on AMX tiles)
+        run_peak = peaks["bf16" if r["dtype"] == "bfloat16" else "fp32"]
+        assert ("vision_pct_of_fma_peak" in s_of(r)) == (run_peak is not None)
+        if run_peak is not None:
+            assert 0 < s_of(r)["vision_pct_of_fma_peak"] < 150
+        assert 0 < s_of(r)["decode_pct_of_memory_read"] < 150
     for fmt in ("bf16", "fp32"):
         assert 0 < ceil[f"{fmt}_matvec_gbs_engine"] < 1.5 * ceil["memory_read_gbs"]
     q = ours["int8"]
