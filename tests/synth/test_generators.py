@@ -382,6 +382,34 @@ def test_identify_asks_for_the_shape_in_its_box_in_resized_pixels():
                 assert synth.score("identify", target, said, ex.input_size, ex.media_size) == {"exact": 1.0}
 
 
+def test_aligned_scenes_fill_one_token_cell_each():
+    """`aligned`: every shape's box covers exactly one 28-pixel cell of the resized input (to a pixel of
+    rounding), a different cell each, and the pixels at the cell's centre are the shape's colour."""
+    rng = random.Random(5)
+    for task in ("cell", "ground_all", "point"):
+        for _ in range(10):
+            ex = synth.sample(task, rng, objects=(1, 4), size_range=(90, 300), max_pixels=64 * 28 * 28,
+                              shapes=["square", "circle"], aligned=True)
+            w, h = ex.input_size
+            img = media(ex)["image"].resize(ex.input_size)
+            sx, sy = w / ex.media_size[0], h / ex.media_size[1]
+            boxes = [b for t in ex.targets for b in (t["boxes"] if "boxes" in t else [t["bbox"]])]
+            assert boxes
+            for x1, y1, x2, y2 in boxes:
+                for edge in (x1 * sx, y1 * sy):     # on a cell's edge
+                    assert abs(edge - 28 * round(edge / 28)) <= 1.5
+                assert abs((x2 - x1) * sx - 28) <= 1.5 and abs((y2 - y1) * sy - 28) <= 1.5
+            cells = {(round(b[0] * sx / 28), round(b[1] * sy / 28)) for b in boxes}
+            assert len(cells) == len(boxes)
+            if task == "cell":
+                t = ex.targets[0]
+                r, c = t["cell"]
+                assert nearest_colour(img.getpixel((c * 28 - 14, r * 28 - 14))) == t["label"].split()[0]
+    plain = synth.sample("ground", random.Random(5), objects=(1, 1), size_range=(400, 400), max_pixels=64 * 28 * 28)
+    assert synth.sample("ground", random.Random(5), objects=(1, 1), size_range=(400, 400),
+                        max_pixels=64 * 28 * 28, aligned=False).targets == plain.targets   # off by default
+
+
 def test_cell_names_the_merged_token_under_the_shape_and_asks_both_ways():
     """`cell`'s row and column are those of the 28-pixel image token holding the centre of the shape's box in the
     resized input (drawn there in the shape's colour for the filled kinds); a name is asked only for a cell no

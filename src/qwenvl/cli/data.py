@@ -40,6 +40,8 @@ def register(sub) -> None:
       help="background kinds of shape scenes and clips (light: a plain light grey)")
     a("--shapes", nargs="+", metavar="SHAPE", help="shape scenes draw only these kinds (default: all)")
     a("--colors", nargs="+", metavar="COLOR", help="shape scenes draw only these colours (default: all)")
+    a("--aligned", action="store_true",
+      help="shape scenes: each shape fills one cell of merged image tokens (28 px of the resized input)")
     s.set_defaults(func=run_synth)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -53,7 +55,7 @@ def run_synth(args) -> int:
                          size_range=tuple(args.size_range), order=args.order, objects=tuple(args.objects),
                          fps_range=tuple(args.fps_range), seconds_range=tuple(args.seconds_range),
                          backgrounds=tuple(args.backgrounds), shapes=args.shapes and tuple(args.shapes),
-                         colors=args.colors and tuple(args.colors))
+                         colors=args.colors and tuple(args.colors), aligned=args.aligned)
     rows = sum(1 for line in evalf.open(encoding="utf-8") if line.strip())
     print(json.dumps({"task": args.task, "examples": args.n, "questions": rows, "train": str(train),
                       "eval": str(evalf), "seconds": round(time.perf_counter() - t0, 2)}))

@@ -72,6 +72,7 @@ class Opts:
     backgrounds: tuple[str, ...] = BACKGROUNDS  # shape scenes' and clips' backgrounds
     shapes: tuple[str, ...] = ()                # shape scenes' kinds and colours (_draft fills in all by default)
     colors: tuple[str, ...] = ()
+    aligned: bool = False                       # shape scenes: each shape fills one merged-token cell
 
     def insize(self, size) -> tuple[int, int]:
         from .common import input_size
@@ -121,7 +122,8 @@ def _names(what: str, given, known: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixels, draw, objects=(1, 6),
-           fps_range=(0.5, 4.0), seconds_range=(2.0, 12.0), backgrounds=BACKGROUNDS, shapes=None, colors=None):
+           fps_range=(0.5, 4.0), seconds_range=(2.0, 12.0), backgrounds=BACKGROUNDS, shapes=None, colors=None,
+           aligned=False):
     if turns < 1:
         raise ValueError(f"turns must be >= 1, got {turns}")
     lo, hi = size_range
@@ -143,7 +145,7 @@ def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixel
                          f"shapes {shapes} x colors {colors} give fewer")
     budget = video_max_pixels if task == "video_ground" else max_pixels
     opts = Opts(min(min_pixels, budget), budget, (lo, hi), turns, draw, tuple(objects), tuple(fps_range),
-                tuple(seconds_range), backgrounds, shapes, colors)
+                tuple(seconds_range), backgrounds, shapes, colors, bool(aligned))
     media, size, qa, *rest = _generator(task)(rng, opts)
     return media, size, qa, opts, (rest[0] if rest else None)
 
@@ -152,7 +154,8 @@ def sample(task: str, rng: random.Random, *, min_pixels: int = 4 * 28 * 28, max_
            turns: int = 1, size_range: tuple[int, int] = (112, 640), video_max_pixels: int = 64 * 28 * 28,
            order: str = "random", objects: tuple[int, int] = (1, 6), fps_range: tuple[float, float] = (0.5, 4.0),
            seconds_range: tuple[float, float] = (2.0, 12.0), backgrounds: tuple[str, ...] = BACKGROUNDS,
-           shapes: tuple[str, ...] | None = None, colors: tuple[str, ...] | None = None) -> Example:
+           shapes: tuple[str, ...] | None = None, colors: tuple[str, ...] | None = None,
+           aligned: bool = False) -> Example:
     """One example of `task` drawn from `rng`.
 
     size_range: original image / frame sides in pixels. order: where the media goes in the first user
@@ -162,11 +165,14 @@ def sample(task: str, rng: random.Random, *, min_pixels: int = 4 * 28 * 28, max_
     length (video_ground; at least 4 frames whatever the range). backgrounds: the kinds a shape scene or
     clip is drawn on ("plain", "noise", "gradient", or "light": a light grey; a curriculum may start on
     light or plain ones). shapes / colors:
-    the kinds and colours shape scenes draw from (None: all; a curriculum may start with fewer)."""
+    the kinds and colours shape scenes draw from (None: all; a curriculum may start with fewer). aligned: each
+    shape of a scene fills one cell of merged image tokens (28 x 28 pixels of the resized input) exactly, a
+    different cell each, as the naming diagnostic's squares did (a curriculum's first stage; default: any size
+    and place)."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     media, size, qa, opts, fps = _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixels, True,
-                                        objects, fps_range, seconds_range, backgrounds, shapes, colors)
+                                        objects, fps_range, seconds_range, backgrounds, shapes, colors, aligned)
     if task == "video_ground":
         item = {"type": "video", "video": media, "fps": fps}
     else:

@@ -48,15 +48,19 @@ class _Sketch:
 
 def scene(rng: random.Random, size_range: tuple[int, int], draw: bool = True, objects: tuple[int, int] = (1, 6),
           backgrounds: tuple[str, ...] = BACKGROUNDS, shapes: tuple[str, ...] = SHAPES,
-          colors: tuple[str, ...] = tuple(COLORS)):
-    """(image or None, (w, h), objects); `shapes` / `colors` may narrow the palette."""
+          colors: tuple[str, ...] = tuple(COLORS), insize=None):
+    """(image or None, (w, h), objects); `shapes` / `colors` may narrow the palette. `insize`: a function of
+    (w, h) giving the resized input's size, to align each shape with one cell of merged tokens (aligned_boxes)."""
     w, h = rng.randint(*size_range), rng.randint(*size_range)
     n = rng.randint(*objects)
     pairs = rng.sample([(c, k) for c in colors for k in shapes], n)
-    m = min(w, h)
-    lo = max(10, m // 10)
-    hi = max(lo, m // (3 if n <= 3 else 4))
-    boxes = place_boxes(rng, (w, h), n, lo, hi)
+    if insize is not None:
+        boxes = aligned_boxes(rng, (w, h), insize((w, h)), n)
+    else:
+        m = min(w, h)
+        lo = max(10, m // 10)
+        hi = max(lo, m // (3 if n <= 3 else 4))
+        boxes = place_boxes(rng, (w, h), n, lo, hi)
     fills = [shade(rng, c) for c, _ in pairs[:len(boxes)]]
     base = far_colour(rng, fills)
     img = background(rng, (w, h), base, kinds=backgrounds, avoid=fills) if draw else None
@@ -68,6 +72,16 @@ def scene(rng: random.Random, size_range: tuple[int, int], draw: bool = True, ob
     if draw and rng.random() < 0.3:     # soft edges, as an antialiasing renderer or a photo would give
         soften(img, [o.box for o in objs], rng.uniform(0.4, 1.0))
     return img, (w, h), objs
+
+
+def aligned_boxes(rng: random.Random, size, insize, n: int) -> list[tuple[int, int, int, int]]:
+    """n boxes in original pixels, each covering one distinct CELL x CELL cell of the resized input (up to as
+    many as the grid holds)."""
+    cols, rows = insize[0] // CELL, insize[1] // CELL
+    sx, sy = size[0] / insize[0], size[1] / insize[1]
+    cells = rng.sample([(r, c) for r in range(rows) for c in range(cols)], min(n, rows * cols))
+    return [(round(c * CELL * sx), round(r * CELL * sy), round((c + 1) * CELL * sx), round((r + 1) * CELL * sy))
+            for r, c in cells]
 
 
 def soften(img, boxes, radius: float) -> None:
@@ -148,6 +162,7 @@ def cell_of(o: Obj, insize, size) -> tuple[int, int]:
 
 
 def generate(task: str, rng: random.Random, opts):
-    img, size, objs = scene(rng, opts.size_range, opts.draw, opts.objects, opts.backgrounds, opts.shapes, opts.colors)
+    img, size, objs = scene(rng, opts.size_range, opts.draw, opts.objects, opts.backgrounds, opts.shapes, opts.colors,
+                            opts.insize if opts.aligned else None)
     insize = opts.insize(size)
     return img, size, questions(task, rng, objs, size, insize, opts.turns, opts.shapes)
