@@ -34,12 +34,13 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from qwenvl.synth.common import COLORS
+from qwenvl.synth.shapes import CELL_ANSWER, CELL_NAME, CELL_PLACE
 
 CELL, GRID = 28, 4
 
 
 def write(out: Path, n: int, seed: int, background: str, name: str, squares: int = 1, text_first: bool = False,
-          colour_questions: float = 0.0) -> Path:
+          colour_questions: float = 0.0, synth_words: bool = False) -> Path:
     rng = random.Random(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.jsonl"
@@ -65,6 +66,10 @@ def write(out: Path, n: int, seed: int, background: str, name: str, squares: int
             answer = f"row {r} column {c}"
             if colour_questions and rng.random() < colour_questions:    # the converse: a place given, its colour asked
                 q, answer = f"What colour is the square in row {r} column {c}?", fgs[k]
+                if synth_words:
+                    q, answer = CELL_NAME.format(row=r + 1, col=c + 1), f"{fgs[k]} square"
+            elif synth_words:   # qwenvl.synth's `cell` wording: 1-based, "row R, column C"
+                q, answer = CELL_PLACE.format(name=f"{fgs[k]} square"), CELL_ANSWER.format(row=r + 1, col=c + 1)
             rel = f"images/{name}_{i}.png"
             img.save(out / rel)
             f.write(json.dumps({"messages": [
@@ -85,11 +90,12 @@ def check(out: Path, checkpoint: str) -> dict[str, float]:
     convs = [[{**m, "content": [{**it, "image": str(out / it["image"])} if it["type"] == "image" else it
                                 for it in m["content"]]} for m in r["messages"][:1]] for r in rows]
     texts = [r.text for i in range(0, len(convs), 16)
-             for r in pipe.chat(convs[i:i + 16], temperature=0, max_new_tokens=8)]
+             for r in pipe.chat(convs[i:i + 16], temperature=0, max_new_tokens=16)]
     tally = dict.fromkeys(("exact", "other square", "no square", "row", "column"), 0)
     for text, side in zip(texts, cells):
-        got = re.fullmatch(r"\s*row (\d+) column (\d+)\s*", text)
-        cell = (int(got[1]), int(got[2])) if got else None
+        got = re.fullmatch(r"\s*row (\d+),? column (\d+)\s*", text)
+        base = 1 if "," in text else 0     # --synth-words answers count from 1
+        cell = (int(got[1]) - base, int(got[2]) - base) if got else None
         want = tuple(side["cells"][side["asked"]])
         others = [tuple(c) for j, c in enumerate(side["cells"]) if j != side["asked"]]
         tally["exact" if cell == want else "other square" if cell in others else "no square"] += 1
@@ -111,6 +117,8 @@ def main() -> None:
     ap.add_argument("--text-first", action="store_true", help="the question before the image (default: after)")
     ap.add_argument("--colour-questions", type=float, default=0.0, metavar="F",
                     help="this share of the training images asks the converse (the colour of the square at a place)")
+    ap.add_argument("--synth-words", action="store_true",
+                    help="ask and answer in qwenvl.synth's `cell` words (rows and columns from 1, colour and kind named)")
     ap.add_argument("--check", metavar="CHECKPOINT",
                     help="no writing: answer OUT's held-out images with CHECKPOINT and say where the answers point")
     args = ap.parse_args()
@@ -123,13 +131,13 @@ def main() -> None:
     if not args.model:
         ap.error("--model is needed to write a run (or --check CHECKPOINT to score one)")
     train = write(out, args.n, 1, args.background, "train", args.squares, args.text_first,
-                  args.colour_questions)
-    held = write(out, 80, 2, args.background, "eval", args.squares, args.text_first)
+                  args.colour_questions, args.synth_words)
+    held = write(out, 80, 2, args.background, "eval", args.squares, args.text_first, synth_words=args.synth_words)
     recipe = {"model": args.model, "out": str(out / "run"), "data": str(train), "data_root": str(out),
               "eval_data": str(held), "stage": "multimodal", "lr": 3e-4, "vision_lr": 3e-4, "merger_lr": 3e-4,
               "warmup": 30, "min_lr_ratio": 0.05, "weight_decay": 0.01, "batch_size": 2, "pack": True,
               "max_len": 1024, "loss_weighting": "reply", "max_steps": args.steps, "eval_every": args.eval_every,
-              "eval_generate": 40, "eval_max_new_tokens": 8, "save_every": 200, "fps_range": None}
+              "eval_generate": 40, "eval_max_new_tokens": 16, "save_every": 200, "fps_range": None}
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
     print(f"{train} ({args.n}), {held} (80); qwenvl train --recipe {out / 'recipe.json'}")
 

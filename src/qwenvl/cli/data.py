@@ -42,6 +42,8 @@ def register(sub) -> None:
     a("--colors", nargs="+", metavar="COLOR", help="shape scenes draw only these colours (default: all)")
     a("--aligned", action="store_true",
       help="shape scenes: each shape fills one cell of merged image tokens (28 px of the resized input)")
+    a("--crisp", action="store_true",
+      help="shape scenes: shapes in their colours' reference values with sharp edges (default: shaded, some soft)")
     s.set_defaults(func=run_synth)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -55,7 +57,8 @@ def run_synth(args) -> int:
                          size_range=tuple(args.size_range), order=args.order, objects=tuple(args.objects),
                          fps_range=tuple(args.fps_range), seconds_range=tuple(args.seconds_range),
                          backgrounds=tuple(args.backgrounds), shapes=args.shapes and tuple(args.shapes),
-                         colors=args.colors and tuple(args.colors), aligned=args.aligned)
+                         colors=args.colors and tuple(args.colors), aligned=args.aligned,
+                         crisp=args.crisp)
     rows = sum(1 for line in evalf.open(encoding="utf-8") if line.strip())
     print(json.dumps({"task": args.task, "examples": args.n, "questions": rows, "train": str(train),
                       "eval": str(evalf), "seconds": round(time.perf_counter() - t0, 2)}))

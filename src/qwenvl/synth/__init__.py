@@ -73,6 +73,7 @@ class Opts:
     shapes: tuple[str, ...] = ()                # shape scenes' kinds and colours (_draft fills in all by default)
     colors: tuple[str, ...] = ()
     aligned: bool = False                       # shape scenes: each shape fills one merged-token cell
+    crisp: bool = False                         # shape scenes: reference colours, sharp edges
 
     def insize(self, size) -> tuple[int, int]:
         from .common import input_size
@@ -123,7 +124,7 @@ def _names(what: str, given, known: tuple[str, ...]) -> tuple[str, ...]:
 
 def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixels, draw, objects=(1, 6),
            fps_range=(0.5, 4.0), seconds_range=(2.0, 12.0), backgrounds=BACKGROUNDS, shapes=None, colors=None,
-           aligned=False):
+           aligned=False, crisp=False):
     if turns < 1:
         raise ValueError(f"turns must be >= 1, got {turns}")
     lo, hi = size_range
@@ -145,7 +146,7 @@ def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixel
                          f"shapes {shapes} x colors {colors} give fewer")
     budget = video_max_pixels if task == "video_ground" else max_pixels
     opts = Opts(min(min_pixels, budget), budget, (lo, hi), turns, draw, tuple(objects), tuple(fps_range),
-                tuple(seconds_range), backgrounds, shapes, colors, bool(aligned))
+                tuple(seconds_range), backgrounds, shapes, colors, bool(aligned), bool(crisp))
     media, size, qa, *rest = _generator(task)(rng, opts)
     return media, size, qa, opts, (rest[0] if rest else None)
 
@@ -155,7 +156,7 @@ def sample(task: str, rng: random.Random, *, min_pixels: int = 4 * 28 * 28, max_
            order: str = "random", objects: tuple[int, int] = (1, 6), fps_range: tuple[float, float] = (0.5, 4.0),
            seconds_range: tuple[float, float] = (2.0, 12.0), backgrounds: tuple[str, ...] = BACKGROUNDS,
            shapes: tuple[str, ...] | None = None, colors: tuple[str, ...] | None = None,
-           aligned: bool = False) -> Example:
+           aligned: bool = False, crisp: bool = False) -> Example:
     """One example of `task` drawn from `rng`.
 
     size_range: original image / frame sides in pixels. order: where the media goes in the first user
@@ -168,11 +169,13 @@ def sample(task: str, rng: random.Random, *, min_pixels: int = 4 * 28 * 28, max_
     the kinds and colours shape scenes draw from (None: all; a curriculum may start with fewer). aligned: each
     shape of a scene fills one cell of merged image tokens (28 x 28 pixels of the resized input) exactly, a
     different cell each, as the naming diagnostic's squares did (a curriculum's first stage; default: any size
-    and place)."""
+    and place). crisp: shapes in their colours' reference values with sharp edges, as the diagnostic drew them
+    (default: shaded and jittered colours, soft edges on some scenes, as other renderers give)."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     media, size, qa, opts, fps = _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixels, True,
-                                        objects, fps_range, seconds_range, backgrounds, shapes, colors, aligned)
+                                        objects, fps_range, seconds_range, backgrounds, shapes, colors, aligned,
+                                        crisp)
     if task == "video_ground":
         item = {"type": "video", "video": media, "fps": fps}
     else:

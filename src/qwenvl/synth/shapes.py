@@ -48,9 +48,10 @@ class _Sketch:
 
 def scene(rng: random.Random, size_range: tuple[int, int], draw: bool = True, objects: tuple[int, int] = (1, 6),
           backgrounds: tuple[str, ...] = BACKGROUNDS, shapes: tuple[str, ...] = SHAPES,
-          colors: tuple[str, ...] = tuple(COLORS), insize=None):
+          colors: tuple[str, ...] = tuple(COLORS), insize=None, crisp: bool = False):
     """(image or None, (w, h), objects); `shapes` / `colors` may narrow the palette. `insize`: a function of
-    (w, h) giving the resized input's size, to align each shape with one cell of merged tokens (aligned_boxes)."""
+    (w, h) giving the resized input's size, to align each shape with one cell of merged tokens (aligned_boxes).
+    `crisp`: every fill its colour's reference value and no soft edges (the default shades and softens)."""
     w, h = rng.randint(*size_range), rng.randint(*size_range)
     n = rng.randint(*objects)
     pairs = rng.sample([(c, k) for c in colors for k in shapes], n)
@@ -61,7 +62,7 @@ def scene(rng: random.Random, size_range: tuple[int, int], draw: bool = True, ob
         lo = max(10, m // 10)
         hi = max(lo, m // (3 if n <= 3 else 4))
         boxes = place_boxes(rng, (w, h), n, lo, hi)
-    fills = [shade(rng, c) for c, _ in pairs[:len(boxes)]]
+    fills = [COLORS[c] if crisp else shade(rng, c) for c, _ in pairs[:len(boxes)]]
     base = far_colour(rng, fills)
     img = background(rng, (w, h), base, kinds=backgrounds, avoid=fills) if draw else None
     d = ImageDraw.Draw(img) if draw else _Sketch()
@@ -69,7 +70,7 @@ def scene(rng: random.Random, size_range: tuple[int, int], draw: bool = True, ob
     for (c, k), box, fill in zip(pairs, boxes, fills):
         tight, inside = draw_shape(d, k, box, fill, rng)
         objs.append(Obj(c, k, tight, inside))
-    if draw and rng.random() < 0.3:     # soft edges, as an antialiasing renderer or a photo would give
+    if draw and not crisp and rng.random() < 0.3:     # soft edges, as an antialiasing renderer or a photo would give
         soften(img, [o.box for o in objs], rng.uniform(0.4, 1.0))
     return img, (w, h), objs
 
@@ -163,6 +164,6 @@ def cell_of(o: Obj, insize, size) -> tuple[int, int]:
 
 def generate(task: str, rng: random.Random, opts):
     img, size, objs = scene(rng, opts.size_range, opts.draw, opts.objects, opts.backgrounds, opts.shapes, opts.colors,
-                            opts.insize if opts.aligned else None)
+                            opts.insize if opts.aligned else None, opts.crisp)
     insize = opts.insize(size)
     return img, size, questions(task, rng, objs, size, insize, opts.turns, opts.shapes)
