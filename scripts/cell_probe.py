@@ -75,7 +75,7 @@ def write(out: Path, n: int, seed: int, background: str, name: str, squares: int
             f.write(json.dumps({"messages": [
                 {"role": "user", "content": [{"type": "text", "text": q}, {"type": "image", "image": rel}][::order]},
                 {"role": "assistant", "content": answer}]}) + "\n")
-            side.write(json.dumps({"cells": cells, "asked": k}) + "\n")
+            side.write(json.dumps({"cells": cells, "asked": k, "base": int(synth_words)}) + "\n")
     return path
 
 
@@ -94,7 +94,7 @@ def check(out: Path, checkpoint: str) -> dict[str, float]:
     tally = dict.fromkeys(("exact", "other square", "no square", "row", "column"), 0)
     for text, side in zip(texts, cells):
         got = re.fullmatch(r"\s*row (\d+),? column (\d+)\s*", text)
-        base = 1 if "," in text else 0     # --synth-words answers count from 1
+        base = side.get("base", 0)      # --synth-words runs count rows and columns from 1
         cell = (int(got[1]) - base, int(got[2]) - base) if got else None
         want = tuple(side["cells"][side["asked"]])
         others = [tuple(c) for j, c in enumerate(side["cells"]) if j != side["asked"]]

@@ -414,16 +414,15 @@ def test_aligned_scenes_fill_one_token_cell_each():
     assert len(sides) > 5
 
 
-
 def test_crisp_scenes_draw_reference_colours_with_sharp_edges():
     """`crisp`: every pixel is the background's or a shape's reference colour (no shading, jitter or blur), and
     each aligned square covers its 28 x 28 cell exactly; the default shades, so reference values are rare."""
     rng = random.Random(8)
     for _ in range(10):
-        ex = synth.sample("cell", rng, objects=(2, 3), size_range=(112, 112), max_pixels=64 * 28 * 28,
+        ex = synth.sample("cell", rng, turns=3, objects=(2, 3), size_range=(112, 112), max_pixels=64 * 28 * 28,
                           shapes=["square"], backgrounds=["light"], aligned=True, crisp=True)
         img = media(ex)["image"]
-        names = {o.split()[0] for o in (t["label"] for t in ex.targets)}
+        names = {t["label"].split()[0] for t in ex.targets}     # every shape, one question each
         *fills, _ = sorted(img.getcolors())     # the last, the background, covers the most pixels
         shapes = {rgb: n for n, rgb in fills}
         assert all(rgb in COLORS.values() and n == 28 * 28 for rgb, n in shapes.items()), shapes
@@ -433,6 +432,7 @@ def test_crisp_scenes_draw_reference_colours_with_sharp_edges():
                                                                                 ex.targets[0]["bbox"][2:])))
              for ex in plain]
     assert sum(f in COLORS.values() for f in fills) <= 2
+
 
 def test_cell_names_the_merged_token_under_the_shape_and_asks_both_ways():
     """`cell`'s row and column are those of the 28-pixel image token holding the centre of the shape's box in the
