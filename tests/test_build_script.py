@@ -73,3 +73,19 @@ def test_every_chunk_recipe_is_a_valid_training_config(build):
             for task in parse_mix(stage["data"]):
                 ex = synth.sample(task, random.Random(name), **task_options(kw, task))
                 assert ex.task == task and ex.targets, (name, task)
+
+
+def test_export_refuses_a_chunk_still_training(build, tmp_path):
+    """A run still going may be writing its next checkpoint, so `export` of it stops before reading any, naming
+    the chunk; a run with a similar name going does not count."""
+    import subprocess
+    import sys
+
+    busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(tmp_path / "train33.json")])
+    try:
+        with pytest.raises(SystemExit, match="train33 is still training"):
+            build.export(tmp_path, "train33")
+        with pytest.raises(FileNotFoundError):      # train3 is not running: it goes on (to its missing config)
+            build.export(tmp_path, "train3")
+    finally:
+        busy.kill()

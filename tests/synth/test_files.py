@@ -107,6 +107,17 @@ def test_data_synth_cli(tmp_path, capsys):
                  "--shapes", "star", "--colors", "red", "blue", "--backgrounds", "plain"]) == 0
     labels = {json.loads(line)["target"]["label"] for line in (narrow / "eval.jsonl").read_text().splitlines()}
     assert labels <= {"red star", "blue star"} and labels
+    for flag, share in ((["--aligned"], 1.0), (["--aligned", "0.5"], 0.5)):     # the bare flag means every scene
+        cli, api = tmp_path / f"cli{share}", tmp_path / f"api{share}"
+        assert main(["data", "synth", "--task", "cell", "--n", "6", "--out", str(cli), "--seed", "2", *flag]) == 0
+        synth.write("cell", 6, api, seed=2, aligned=share)
+        assert (cli / "eval.jsonl").read_text() == (api / "eval.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["data", "synth", "--task", "cell", "--n", "1", "--out", str(tmp_path / "bad"), "--aligned", "2"]) != 0
+    assert "aligned must be a share" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    before = (cli / "eval.jsonl").read_text()       # a bad rerun into an existing set leaves its files whole
+    assert main(["data", "synth", "--task", "cell", "--n", "1", "--out", str(cli), "--objects", "0", "2"]) != 0
+    assert (cli / "eval.jsonl").read_text() == before and "objects must be" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("task", ["ground", "video_ground"])
@@ -147,3 +158,24 @@ def test_sample_messages_go_through_the_processor(task, own_ckpt):
         assert info.grid_thw[0] == n // 2 and abs(info.fps - ex.fps) < 1e-9
         assert float(batch["second_per_grid_ts"][0]) == pytest.approx(2 / ex.fps)
     assert batch["input_ids"].shape[1] > info.num_tokens
+
+
+def test_a_write_failing_half_way_leaves_the_earlier_set_whole(tmp_path, monkeypatch):
+    """Files are staged and moved in at the end: a failure on a later example (here the third) leaves the set
+    written before in that folder as it was, rows and images, and no staging folder behind."""
+    out = tmp_path / "set"
+    synth.write("ground", 3, out, seed=1)
+    before = {f: (out / f).read_bytes() for f in ("train.jsonl", "eval.jsonl", "images/000000.png")}
+    real, calls = synth.sample, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk on fire")
+        return real(*a, **k)
+
+    monkeypatch.setattr(synth, "sample", flaky)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        synth.write("ground", 5, out, seed=2)
+    assert {f: (out / f).read_bytes() for f in before} == before
+    assert sorted(p.name for p in out.iterdir()) == ["eval.jsonl", "images", "train.jsonl"]

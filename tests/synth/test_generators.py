@@ -414,6 +414,25 @@ def test_aligned_scenes_fill_one_token_cell_each():
     assert len(sides) > 5
 
 
+def test_aligned_share_mixes_aligned_and_free_scenes_and_keeps_whole_streams():
+    """`aligned` as a share: about that share of the scenes is aligned (every box one 28-pixel cell), the rest free;
+    the flag's spellings False / True are the shares 0 and 1; outside [0, 1] is refused."""
+    def is_aligned(ex):
+        sx = ex.input_size[0] / ex.media_size[0]
+        return all(abs((t["bbox"][2] - t["bbox"][0]) * sx - 28) <= 1.5 and abs(t["bbox"][0] * sx / 28
+                   - round(t["bbox"][0] * sx / 28)) * 28 <= 1.5 for t in ex.targets)
+    kw = dict(objects=(1, 3), size_range=(112, 224), max_pixels=64 * 28 * 28, turns=3)
+    got = [is_aligned(synth.sample("ground", random.Random(i), aligned=0.5, **kw)) for i in range(200)]
+    assert 70 <= sum(got) <= 130, sum(got)
+    for share, flag in ((0.0, False), (1.0, True)):
+        a = synth.sample("cell", random.Random(3), aligned=share, **kw)
+        b = synth.sample("cell", random.Random(3), aligned=flag, **kw)
+        assert a.messages == b.messages and a.targets == b.targets
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="aligned must be a share"):
+            synth.sample("ground", random.Random(0), aligned=bad)
+
+
 def test_crisp_scenes_draw_reference_colours_with_sharp_edges():
     """`crisp`: every pixel is the background's or a shape's reference colour (no shading, jitter or blur), and
     each aligned square covers its 28 x 28 cell exactly; the default shades, so reference values are rare."""

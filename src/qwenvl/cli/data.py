@@ -40,8 +40,9 @@ def register(sub) -> None:
       help="background kinds of shape scenes and clips (light: a plain light grey)")
     a("--shapes", nargs="+", metavar="SHAPE", help="shape scenes draw only these kinds (default: all)")
     a("--colors", nargs="+", metavar="COLOR", help="shape scenes draw only these colours (default: all)")
-    a("--aligned", action="store_true",
-      help="shape scenes: each shape fills one cell of merged image tokens (28 px of the resized input)")
+    a("--aligned", type=float, nargs="?", const=1.0, default=0.0, metavar="SHARE",
+      help="shape scenes: each shape fills one cell of merged image tokens (28 px of the resized input); "
+           "with a SHARE in [0, 1], only that share of the scenes (default when given: all)")
     a("--crisp", action="store_true",
       help="shape scenes: shapes in their colours' reference values with sharp edges (default: shaded, some soft)")
     s.set_defaults(func=run_synth)

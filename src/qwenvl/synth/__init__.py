@@ -72,7 +72,7 @@ class Opts:
     backgrounds: tuple[str, ...] = BACKGROUNDS  # shape scenes' and clips' backgrounds
     shapes: tuple[str, ...] = ()                # shape scenes' kinds and colours (_draft fills in all by default)
     colors: tuple[str, ...] = ()
-    aligned: bool = False                       # shape scenes: each shape fills one merged-token cell
+    aligned: float = 0.0                        # shape scenes: the share whose shapes fill one merged-token cell each
     crisp: bool = False                         # shape scenes: reference colours, sharp edges
 
     def insize(self, size) -> tuple[int, int]:
@@ -138,6 +138,8 @@ def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixel
         raise ValueError(f"fps_range must be (lo, hi) with 0 < lo <= hi, got {fps_range}")
     if not 0 < seconds_range[0] <= seconds_range[1]:
         raise ValueError(f"seconds_range must be (lo, hi) with 0 < lo <= hi, got {seconds_range}")
+    if not 0 <= float(aligned) <= 1:
+        raise ValueError(f"aligned must be a share in [0, 1] (True: 1), got {aligned}")
     from .common import COLORS, SHAPES
     backgrounds = _names("backgrounds", backgrounds, BACKGROUND_KINDS)
     shapes, colors = _names("shapes", shapes, SHAPES), _names("colors", colors, tuple(COLORS))
@@ -146,7 +148,7 @@ def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixel
                          f"shapes {shapes} x colors {colors} give fewer")
     budget = video_max_pixels if task == "video_ground" else max_pixels
     opts = Opts(min(min_pixels, budget), budget, (lo, hi), turns, draw, tuple(objects), tuple(fps_range),
-                tuple(seconds_range), backgrounds, shapes, colors, bool(aligned), bool(crisp))
+                tuple(seconds_range), backgrounds, shapes, colors, float(aligned), bool(crisp))
     media, size, qa, *rest = _generator(task)(rng, opts)
     return media, size, qa, opts, (rest[0] if rest else None)
 
@@ -156,7 +158,7 @@ def sample(task: str, rng: random.Random, *, min_pixels: int = 4 * 28 * 28, max_
            order: str = "random", objects: tuple[int, int] = (1, 6), fps_range: tuple[float, float] = (0.5, 4.0),
            seconds_range: tuple[float, float] = (2.0, 12.0), backgrounds: tuple[str, ...] = BACKGROUNDS,
            shapes: tuple[str, ...] | None = None, colors: tuple[str, ...] | None = None,
-           aligned: bool = False, crisp: bool = False) -> Example:
+           aligned: float = 0.0, crisp: bool = False) -> Example:
     """One example of `task` drawn from `rng`.
 
     size_range: original image / frame sides in pixels. order: where the media goes in the first user
@@ -166,11 +168,12 @@ def sample(task: str, rng: random.Random, *, min_pixels: int = 4 * 28 * 28, max_
     length (video_ground; at least 4 frames whatever the range). backgrounds: the kinds a shape scene or
     clip is drawn on ("plain", "noise", "gradient", or "light": a light grey; a curriculum may start on
     light or plain ones). shapes / colors:
-    the kinds and colours shape scenes draw from (None: all; a curriculum may start with fewer). aligned: each
-    shape of a scene fills one cell of merged image tokens (28 x 28 pixels of the resized input) exactly, a
-    different cell each, as the naming diagnostic's squares did (a curriculum's first stage; default: any size
-    and place). crisp: shapes in their colours' reference values with sharp edges, as the diagnostic drew them
-    (default: shaded and jittered colours, soft edges on some scenes, as other renderers give)."""
+    the kinds and colours shape scenes draw from (None: all; a curriculum may start with fewer). aligned: the share
+    of scenes (True: all) whose shapes each fill one cell of merged image tokens (28 x 28 pixels of the resized
+    input) exactly, a different cell each, as the naming diagnostic's squares did (a curriculum's first stage, or
+    the anchor a later stage keeps; default: none, shapes of any size and place). crisp: shapes in their
+    colours' reference values with sharp edges, as the diagnostic drew them (default: shaded and jittered
+    colours, soft edges on some scenes, as other renderers give)."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     media, size, qa, opts, fps = _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixels, True,

@@ -3,8 +3,10 @@ of the synth_* eval tasks, one per question)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
+import shutil
 from fractions import Fraction
 from pathlib import Path
 
@@ -37,14 +39,31 @@ def write(task: str, n: int, out, seed: int = 0, **sample_kw) -> tuple[Path, Pat
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     out = Path(out)
-    video = task == "video_ground"
-    media_dir = out / ("videos" if video else "images")
-    media_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    train, evalf = out / "train.jsonl", out / "eval.jsonl"
-    with train.open("w", encoding="utf-8") as ft, evalf.open("w", encoding="utf-8") as fe:
-        for i in range(n):
-            ex = sample(task, rng, **sample_kw)
+    first = sample(task, rng, **sample_kw)      # bad options fail here, before anything is written
+    # everything is written to a staging folder and moved in at the end, so a failure half-way leaves a set
+    # written before in `out` whole (its rows and the media they name)
+    stage = out / ".synth-part"
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / ("videos" if task == "video_ground" else "images")).mkdir(parents=True)
+    rest = (sample(task, rng, **sample_kw) for _ in range(n - 1))
+    try:
+        _write_rows(task, itertools.chain([first], rest), stage)
+        for f in sorted(stage.rglob("*"), key=lambda f: (f.suffix == ".jsonl", f)):     # the rows last
+            if f.is_file():
+                dest = out / f.relative_to(stage)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                f.replace(dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out / "train.jsonl", out / "eval.jsonl"
+
+
+def _write_rows(task: str, examples, out: Path) -> None:
+    video = task == "video_ground"
+    with (out / "train.jsonl").open("w", encoding="utf-8") as ft, \
+            (out / "eval.jsonl").open("w", encoding="utf-8") as fe:
+        for i, ex in enumerate(examples):
             user = ex.messages[0]["content"]
             k = next(j for j, it in enumerate(user) if it["type"] in ("image", "video"))
             item = dict(user[k])
@@ -69,4 +88,3 @@ def write(task: str, n: int, out, seed: int = 0, **sample_kw) -> tuple[Path, Pat
                        "text_first": k > 0}
                 row.update({"video": name, "fps": ex.fps} if video else {"image": name})
                 fe.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return train, evalf
