@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,9 +80,6 @@ def test_every_chunk_recipe_is_a_valid_training_config(build):
 def test_export_refuses_a_chunk_still_training(build, tmp_path):
     """A run still going may be writing its next checkpoint, so `export` of it stops before reading any, naming
     the chunk; a run with a similar name going does not count."""
-    import subprocess
-    import sys
-
     busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(tmp_path / "train33.json")])
     try:
         with pytest.raises(SystemExit, match="train33 is still training"):

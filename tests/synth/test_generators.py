@@ -414,7 +414,7 @@ def test_aligned_scenes_fill_one_token_cell_each():
     assert len(sides) > 5
 
 
-def test_aligned_share_mixes_aligned_and_free_scenes_and_keeps_whole_streams():
+def test_aligned_share_mixes_aligned_and_free_scenes_and_takes_the_flag_spellings():
     """`aligned` as a share: about that share of the scenes is aligned (every box one 28-pixel cell), the rest free;
     the flag's spellings False / True are the shares 0 and 1; outside [0, 1] is refused."""
     def is_aligned(ex):
