@@ -95,6 +95,19 @@ def test_fma_peak_is_measured_not_defined():
         fma_peak_gflops(torch.device("cpu"), "fp8")
 
 
+@pytest.mark.skipif(not cpu.available(), reason="the native kernels are not built here")
+@pytest.mark.parametrize("n", [0, 7, 64, 1000003])
+def test_read_probe_reads_every_element(n):
+    """The streaming-read probe sums every element once, whatever the split between threads and streams (the
+    tail past the last whole vector included), and takes only contiguous float32."""
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n), dtype=torch.float32)
+    assert cpu.read_sum(x) == pytest.approx(x.double().sum().item(), abs=1e-3 * max(1, n) ** 0.5)
+    with pytest.raises(ValueError, match="dtype"):
+        cpu.read_sum(x.double())
+    with pytest.raises(ValueError, match="contiguous"):
+        cpu.read_sum(torch.ones(64, 2)[:, 0])
+
+
 def test_grid_and_request():
     assert smart_grid(1280, 720) == (52, 92)  # the issue's 1x52x92, 1196 LLM tokens
     cfg = preset_config("3b")

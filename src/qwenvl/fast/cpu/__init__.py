@@ -424,3 +424,9 @@ def _peak(fn, iters: int, kind: str) -> float:
     if out < 0:
         raise ValueError(f"peak probe kind {kind!r}: this CPU lacks its instructions (it has {peak_kinds()})")
     return out
+
+
+def read_sum(x: torch.Tensor) -> float:
+    """The sum of a contiguous float32 CPU tensor, read by peak.c's streaming-read probe on every thread."""
+    _check("x", x, (torch.float32,))
+    return _library().qwenvl_read_sum(x.data_ptr(), x.numel())

@@ -1,4 +1,5 @@
-/* Peak arithmetic throughput: independent vector chains on every thread, nothing read from memory.
+/* Peak arithmetic throughput: independent vector chains on every thread, nothing read from memory; and the
+ * memory's read bandwidth: a sum over a buffer, split between the threads, with nothing else to do.
  *
  * Three loops, one per instruction a product of ours or aten's may run on: 8-wide AVX2 FMA, 16-wide AVX-512
  * FMA, and AVX-512 BF16's dot product (vdpbf16ps: 16 float32 lanes, each adding two bf16 products, so 64
@@ -111,3 +112,33 @@ static double run(long iters, int kind, int rate) {
 double qwenvl_fma_flops(long iters, int kind) { return run(iters, kind, 0); }
 
 double qwenvl_fma_rate(long iters, int kind) { return run(iters, kind, 1); }
+
+/* The read probe: each thread sums its contiguous share of `x`, as eight streams read side by side (the
+ * share cut in eight, one 8-wide accumulator each). One stream a core is bound by how many cache-line misses
+ * it can have in flight, not by the memory: a matrix-vector product reading many rows at once outran a
+ * single stream (docs/benchmarks.md). The adds never wait on each other, so only the loads set the pace; the
+ * sum is returned, so they are not optimised away. */
+#define READ_STREAMS 8
+double qwenvl_read_sum(const float* x, long n) {
+    double total = 0;
+    #pragma omp parallel reduction(+ : total)
+    {
+        const long nt = omp_get_num_threads(), t = omp_get_thread_num();
+        const long per = (n / nt) & ~63L, lo = t * per, hi = t == nt - 1 ? n : lo + per;
+        const long len = ((hi - lo) / READ_STREAMS) & ~7L;
+        __m256 s[READ_STREAMS];
+        for (int j = 0; j < READ_STREAMS; j++) s[j] = _mm256_setzero_ps();
+        for (long i = 0; i < len; i += 8) {
+            for (int j = 0; j < READ_STREAMS; j++) s[j] = _mm256_add_ps(s[j], _mm256_loadu_ps(x + lo + j * len + i));
+        }
+        float lanes[8];
+        double part = 0;
+        for (int j = 0; j < READ_STREAMS; j++) {
+            _mm256_storeu_ps(lanes, s[j]);
+            for (int k = 0; k < 8; k++) part += lanes[k];
+        }
+        for (long i = lo + READ_STREAMS * len; i < hi; i++) part += x[i];
+        total += part;
+    }
+    return total;
+}

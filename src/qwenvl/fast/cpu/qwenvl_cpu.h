@@ -44,6 +44,8 @@ enum { PEAK_AVX2_FMA = 0, PEAK_AVX512_FMA = 1, PEAK_AVX512_BF16_DOT = 2 };
 int qwenvl_peak_kinds(void);
 double qwenvl_fma_flops(long iters, int kind);
 double qwenvl_fma_rate(long iters, int kind);
+/* the sum of x [n], read by every OpenMP thread in turn over its share: a streaming-read probe */
+double qwenvl_read_sum(const float* x, long n);
 
 /* ---- a whole decoding step (decode.c); qwenvl/fast/native_decode.py fills these structs */
 enum { LINEAR_BF16 = 0, LINEAR_INT8 = 1, LINEAR_INT8_PACKED = 2, LINEAR_INT4 = 3 };
