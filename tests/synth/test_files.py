@@ -107,11 +107,14 @@ def test_data_synth_cli(tmp_path, capsys):
                  "--shapes", "star", "--colors", "red", "blue", "--backgrounds", "plain"]) == 0
     labels = {json.loads(line)["target"]["label"] for line in (narrow / "eval.jsonl").read_text().splitlines()}
     assert labels <= {"red star", "blue star"} and labels
-    for flag, share in ((["--aligned"], 1.0), (["--aligned", "0.5"], 0.5)):     # the bare flag means every scene
-        cli, api = tmp_path / f"cli{share}", tmp_path / f"api{share}"
-        assert main(["data", "synth", "--task", "cell", "--n", "6", "--out", str(cli), "--seed", "2", *flag]) == 0
-        synth.write("cell", 6, api, seed=2, aligned=share)
-        assert (cli / "eval.jsonl").read_text() == (api / "eval.jsonl").read_text()
+    for name in ("aligned", "crisp"):       # the bare flag means every scene
+        for flag, share in (([f"--{name}"], 1.0), ([f"--{name}", "0.5"], 0.5)):
+            cli, api = tmp_path / f"cli-{name}{share}", tmp_path / f"api-{name}{share}"
+            assert main(["data", "synth", "--task", "cell", "--n", "6", "--out", str(cli), "--seed", "2", *flag]) == 0
+            synth.write("cell", 6, api, seed=2, **{name: share})
+            assert (cli / "eval.jsonl").read_text() == (api / "eval.jsonl").read_text()
+            assert [p.read_bytes() for p in sorted((cli / "images").iterdir())] == \
+                [p.read_bytes() for p in sorted((api / "images").iterdir())]
     capsys.readouterr()
     assert main(["data", "synth", "--task", "cell", "--n", "1", "--out", str(tmp_path / "bad"), "--aligned", "2"]) != 0
     assert "aligned must be a share" in capsys.readouterr().err and not (tmp_path / "bad").exists()

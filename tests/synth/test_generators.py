@@ -414,9 +414,10 @@ def test_aligned_scenes_fill_one_token_cell_each():
     assert len(sides) > 5
 
 
-def test_aligned_share_mixes_aligned_and_free_scenes_and_takes_the_flag_spellings():
-    """`aligned` as a share: about that share of the scenes is aligned (every box one 28-pixel cell), the rest free;
-    the flag's spellings False / True are the shares 0 and 1; outside [0, 1] is refused."""
+def test_aligned_and_crisp_shares_mix_scenes_and_take_the_flag_spellings():
+    """`aligned` and `crisp` as shares: about that share of the scenes is aligned (every box one 28-pixel cell) or
+    crisp (every shape's pixels its colour's reference value), the rest free or shaded; the flag's spellings
+    False / True are the shares 0 and 1; outside [0, 1] is refused."""
     def is_aligned(ex):
         sx = ex.input_size[0] / ex.media_size[0]
         return all(abs((t["bbox"][2] - t["bbox"][0]) * sx - 28) <= 1.5 and abs(t["bbox"][0] * sx / 28
@@ -424,13 +425,23 @@ def test_aligned_share_mixes_aligned_and_free_scenes_and_takes_the_flag_spelling
     kw = dict(objects=(1, 3), size_range=(112, 224), max_pixels=64 * 28 * 28, turns=3)
     got = [is_aligned(synth.sample("ground", random.Random(i), aligned=0.5, **kw)) for i in range(200)]
     assert 70 <= sum(got) <= 130, sum(got)
-    for share, flag in ((0.0, False), (1.0, True)):
-        a = synth.sample("cell", random.Random(3), aligned=share, **kw)
-        b = synth.sample("cell", random.Random(3), aligned=flag, **kw)
-        assert a.messages == b.messages and a.targets == b.targets
-    for bad in (-0.1, 1.5):
-        with pytest.raises(ValueError, match="aligned must be a share"):
-            synth.sample("ground", random.Random(0), aligned=bad)
+
+    def is_crisp(ex):
+        img = media(ex)["image"]
+        return all(img.getpixel(((t["bbox"][0] + t["bbox"][2]) // 2, (t["bbox"][1] + t["bbox"][3]) // 2))
+                   == COLORS[t["label"].split()[0]] for t in ex.targets)
+    square = dict(kw, shapes=["square"], objects=(1, 2))
+    got = [is_crisp(synth.sample("ground", random.Random(i), crisp=0.5, **square)) for i in range(200)]
+    assert 70 <= sum(got) <= 130, sum(got)
+    assert all(is_crisp(synth.sample("ground", random.Random(i), crisp=1.0, **square)) for i in range(20))
+    for name in ("aligned", "crisp"):
+        for share, flag in ((0.0, False), (1.0, True)):
+            a = synth.sample("cell", random.Random(3), **{name: share}, **kw)
+            b = synth.sample("cell", random.Random(3), **{name: flag}, **kw)
+            assert a.messages == b.messages and a.targets == b.targets and media(a)["image"] == media(b)["image"]
+        for bad in (-0.1, 1.5, "half", None):
+            with pytest.raises(ValueError, match=f"{name} must be a share"):
+                synth.sample("ground", random.Random(0), **{name: bad})
 
 
 def test_crisp_scenes_draw_reference_colours_with_sharp_edges():

@@ -43,8 +43,9 @@ def register(sub) -> None:
     a("--aligned", type=float, nargs="?", const=1.0, default=0.0, metavar="SHARE",
       help="shape scenes: each shape fills one cell of merged image tokens (28 px of the resized input); "
            "with a SHARE in [0, 1], only that share of the scenes (default when given: all)")
-    a("--crisp", action="store_true",
-      help="shape scenes: shapes in their colours' reference values with sharp edges (default: shaded, some soft)")
+    a("--crisp", type=float, nargs="?", const=1.0, default=0.0, metavar="SHARE",
+      help="shape scenes: shapes in their colours' reference values with sharp edges (default: shaded, some "
+           "soft); with a SHARE in [0, 1], only that share of the scenes (default when given: all)")
     s.set_defaults(func=run_synth)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 

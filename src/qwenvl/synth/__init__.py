@@ -73,7 +73,7 @@ class Opts:
     shapes: tuple[str, ...] = ()                # shape scenes' kinds and colours (_draft fills in all by default)
     colors: tuple[str, ...] = ()
     aligned: float = 0.0                        # shape scenes: the share whose shapes fill one merged-token cell each
-    crisp: bool = False                         # shape scenes: reference colours, sharp edges
+    crisp: float = 0.0                          # shape scenes: the share in reference colours with sharp edges
 
     def insize(self, size) -> tuple[int, int]:
         from .common import input_size
@@ -122,6 +122,17 @@ def _names(what: str, given, known: tuple[str, ...]) -> tuple[str, ...]:
     return given
 
 
+def _share(name: str, value) -> float:
+    """A share of scenes in [0, 1]; the flag spellings False / True are 0 and 1."""
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        share = None
+    if share is None or not 0 <= share <= 1:
+        raise ValueError(f"{name} must be a share in [0, 1] (True: 1), got {value!r}")
+    return share
+
+
 def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixels, draw, objects=(1, 6),
            fps_range=(0.5, 4.0), seconds_range=(2.0, 12.0), backgrounds=BACKGROUNDS, shapes=None, colors=None,
            aligned=False, crisp=False):
@@ -138,8 +149,7 @@ def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixel
         raise ValueError(f"fps_range must be (lo, hi) with 0 < lo <= hi, got {fps_range}")
     if not 0 < seconds_range[0] <= seconds_range[1]:
         raise ValueError(f"seconds_range must be (lo, hi) with 0 < lo <= hi, got {seconds_range}")
-    if not 0 <= float(aligned) <= 1:
-        raise ValueError(f"aligned must be a share in [0, 1] (True: 1), got {aligned}")
+    aligned, crisp = _share("aligned", aligned), _share("crisp", crisp)
     from .common import COLORS, SHAPES
     backgrounds = _names("backgrounds", backgrounds, BACKGROUND_KINDS)
     shapes, colors = _names("shapes", shapes, SHAPES), _names("colors", colors, tuple(COLORS))
@@ -148,7 +158,7 @@ def _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixel
                          f"shapes {shapes} x colors {colors} give fewer")
     budget = video_max_pixels if task == "video_ground" else max_pixels
     opts = Opts(min(min_pixels, budget), budget, (lo, hi), turns, draw, tuple(objects), tuple(fps_range),
-                tuple(seconds_range), backgrounds, shapes, colors, float(aligned), bool(crisp))
+                tuple(seconds_range), backgrounds, shapes, colors, aligned, crisp)
     media, size, qa, *rest = _generator(task)(rng, opts)
     return media, size, qa, opts, (rest[0] if rest else None)
 
@@ -158,7 +168,7 @@ def sample(task: str, rng: random.Random, *, min_pixels: int = 4 * 28 * 28, max_
            order: str = "random", objects: tuple[int, int] = (1, 6), fps_range: tuple[float, float] = (0.5, 4.0),
            seconds_range: tuple[float, float] = (2.0, 12.0), backgrounds: tuple[str, ...] = BACKGROUNDS,
            shapes: tuple[str, ...] | None = None, colors: tuple[str, ...] | None = None,
-           aligned: float = 0.0, crisp: bool = False) -> Example:
+           aligned: float = 0.0, crisp: float = 0.0) -> Example:
     """One example of `task` drawn from `rng`.
 
     size_range: original image / frame sides in pixels. order: where the media goes in the first user
@@ -171,9 +181,9 @@ def sample(task: str, rng: random.Random, *, min_pixels: int = 4 * 28 * 28, max_
     the kinds and colours shape scenes draw from (None: all; a curriculum may start with fewer). aligned: the share
     of scenes (True: all) whose shapes each fill one cell of merged image tokens (28 x 28 pixels of the resized
     input) exactly, a different cell each, as the naming diagnostic's squares did (a curriculum's first stage, or
-    the anchor a later stage keeps; default: none, shapes of any size and place). crisp: shapes in their
-    colours' reference values with sharp edges, as the diagnostic drew them (default: shaded and jittered
-    colours, soft edges on some scenes, as other renderers give)."""
+    the anchor a later stage keeps; default: none, shapes of any size and place). crisp: the share of scenes (True:
+    all) with shapes in their colours' reference values and sharp edges, as the diagnostic drew them (default:
+    none, shaded and jittered colours, soft edges on some scenes, as other renderers give)."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     media, size, qa, opts, fps = _draft(task, rng, min_pixels, max_pixels, turns, size_range, video_max_pixels, True,

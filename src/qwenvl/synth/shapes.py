@@ -164,8 +164,8 @@ def cell_of(o: Obj, insize, size) -> tuple[int, int]:
 
 def generate(task: str, rng: random.Random, opts):
     # a share of 0 or 1 draws nothing, so those streams stay as they were before shares existed
-    aligned = opts.aligned >= 1 or (opts.aligned > 0 and rng.random() < opts.aligned)
+    aligned, crisp = (share >= 1 or (share > 0 and rng.random() < share) for share in (opts.aligned, opts.crisp))
     img, size, objs = scene(rng, opts.size_range, opts.draw, opts.objects, opts.backgrounds, opts.shapes, opts.colors,
-                            opts.insize if aligned else None, opts.crisp)
+                            opts.insize if aligned else None, crisp)
     insize = opts.insize(size)
     return img, size, questions(task, rng, objs, size, insize, opts.turns, opts.shapes)
