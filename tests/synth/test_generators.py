@@ -416,7 +416,7 @@ def test_aligned_scenes_fill_one_token_cell_each():
 
 def test_aligned_and_crisp_shares_mix_scenes_and_take_the_flag_spellings():
     """`aligned` and `crisp` as shares: about that share of the scenes is aligned (every box one 28-pixel cell) or
-    crisp (every shape's pixels its colour's reference value), the rest free or shaded; the flag's spellings
+    crisp (every shape's centre pixel its colour's reference value), the rest free or shaded; the flag's spellings
     False / True are the shares 0 and 1; outside [0, 1] is refused."""
     def is_aligned(ex):
         sx = ex.input_size[0] / ex.media_size[0]
